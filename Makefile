@@ -1,0 +1,39 @@
+# Circuit Casebook: `make book` builds the site, `make test` runs the offline test suite.
+# Both create the virtual environment (.venv) and install everything on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL_WEIGHTS ?= pretrained
+STAMP := $(VENV)/.casebook-installed
+
+.PHONY: venv book book-random test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3"
+	touch $(STAMP)
+
+## Execute every chapter (papermill) and render the book into _build/html.
+## MODEL_WEIGHTS=random forces the stand-in; without hub access it is chosen automatically.
+book: venv
+	$(PY) scripts/build_book.py --weights $(MODEL_WEIGHTS)
+
+book-random:
+	$(MAKE) book MODEL_WEIGHTS=random
+
+## The offline test suite (what CI runs).
+test: venv
+	$(PY) -m pytest
+
+## Speed benchmark of the patching toolkit (prints its figures).
+bench: venv
+	$(PY) scripts/bench_path_patching.py
+
+clean:
+	rm -rf _build

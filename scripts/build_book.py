@@ -1,0 +1,199 @@
+"""Build the book: execute every chapter with papermill, then render with Jupyter Book 1.x.
+
+Usage (``make book`` calls this):
+    python scripts/build_book.py [--weights pretrained|random] [--smoke] [--out DIR]
+                                 [--only NAME ...] [--no-render]
+
+1. Weights: ``pretrained`` by default (env ``MODEL_WEIGHTS`` or ``--weights``). If GPT-2 is
+   neither cached nor downloadable, say so once and build every chapter with the stand-in
+   (``weights="random"``); the site then carries a banner on every page.
+2. Each notebook in ``_toc.yml`` is executed by papermill into ``DIR/stage/notebooks/``
+   (build artefacts; the stored notebooks stay without outputs). papermill's injected
+   parameters cell is tagged ``remove-cell`` so it never shows in the book. A failing notebook
+   stops the build with its traceback and a non-zero exit.
+3. Jupyter Book renders the staged copy into ``DIR/html``. A plotly figure Jupyter Book cannot
+   render (``mystnb.unknown_mime_type``) fails the build too: a vanished figure is a broken page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAND_IN_ANNOUNCEMENT = (
+    "⚠ This build used the stand-in model: GPT-2's architecture and tokenizer with RANDOM "
+    "weights (the model hub was unreachable). Figures show the pipeline, not GPT-2's "
+    "behaviour. Run a chapter on Colab for the real results."
+)
+
+
+def log(message: str) -> None:
+    print(f"[build] {message}", flush=True)
+
+
+def shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def toc_notebooks() -> list[Path]:
+    """The notebooks the table of contents lists, in order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    paths = [ROOT / f"{f}.ipynb" for f in files if f.startswith("notebooks/")]
+    return [p for p in paths if p.exists()]
+
+
+def notebook_parameters(path: Path) -> dict:
+    """The literal assignments of the notebook's ``parameters`` cell."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            scope: dict = {}
+            exec(cell.source, {}, scope)  # literals only, by the notebook contract
+            return scope
+    raise SystemExit(f"{shown(path)} has no cell tagged 'parameters'.")
+
+
+def choose_weights(requested: str, notebooks: list[Path]) -> str:
+    if requested == "random":
+        log("weights: random (the stand-in), as requested")
+        return "random"
+    sys.path.insert(0, str(ROOT / "src"))
+    from helpers.models import hub_available
+
+    models = sorted({notebook_parameters(p).get("model_name", "gpt2-small") for p in notebooks})
+    missing = [m for m in models if not hub_available(m)]
+    if missing:
+        log(
+            f"the Hugging Face hub is unreachable and {', '.join(missing)} is not cached: "
+            "building every chapter with the STAND-IN (random weights). Every page will say so."
+        )
+        return "random"
+    log(f"weights: pretrained ({', '.join(models)})")
+    return "pretrained"
+
+
+def execute(path: Path, out: Path, parameters: dict, timeout: int) -> float:
+    """Run one notebook with papermill; hide the injected cell; return seconds taken."""
+    import papermill as pm
+
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(path), str(out), parameters=parameters, kernel_name="python3",
+            execution_timeout=timeout, cwd=str(out.parent), progress_bar=False,
+            log_output=False, report_mode=False,
+        )
+    except pm.PapermillExecutionError as exc:
+        log(f"FAILED: {shown(path)} (cell {exc.exec_count}): {exc.ename}: {exc.evalue}")
+        print("\n".join(exc.traceback), file=sys.stderr)
+        log(f"the partly executed notebook is in {out} (not rendered)")
+        raise SystemExit(1) from None
+    nb = nbformat.read(out, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(nb, out)
+    return time.perf_counter() - start
+
+
+def stage_sources(stage: Path, stand_in: bool) -> None:
+    if stage.exists():
+        shutil.rmtree(stage)
+    (stage / "notebooks").mkdir(parents=True)
+    shutil.copytree(ROOT / "book", stage / "book")
+    shutil.copy(ROOT / "_toc.yml", stage / "_toc.yml")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    if stand_in:
+        config.setdefault("html", {})["announcement"] = STAND_IN_ANNOUNCEMENT
+    (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+
+
+def render(stage: Path, out: Path) -> None:
+    html = out / "html"
+    if html.exists():
+        shutil.rmtree(html)
+    build_log = out / "jupyter-book.log"
+    jb = Path(sys.executable).with_name("jupyter-book")
+    command = [str(jb if jb.exists() else "jupyter-book"), "build", str(stage), "--path-output", str(out / "jb")]
+    log("rendering with Jupyter Book")
+    result = subprocess.run(command, capture_output=True, text=True)
+    build_log.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        print(result.stdout[-4000:] + result.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"[build] Jupyter Book failed (exit {result.returncode}); full log: {build_log}")
+    unknown = re.findall(r".*unknown_mime_type.*", result.stdout + result.stderr)
+    if unknown:
+        print("\n".join(unknown[:5]), file=sys.stderr)
+        raise SystemExit(f"[build] outputs Jupyter Book cannot render (figures would vanish); log: {build_log}")
+    shutil.move(str(out / "jb" / "_build" / "html"), str(html))
+    shutil.rmtree(out / "jb", ignore_errors=True)
+    log(f"book written to {shown(html)}/index.html")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", choices=["pretrained", "random"],
+                        default=os.environ.get("MODEL_WEIGHTS") or "pretrained")
+    parser.add_argument("--smoke", action="store_true",
+                        help="use each notebook's smoke-size parameters (tests, quick checks)")
+    parser.add_argument("--out", type=Path, default=ROOT / "_build")
+    parser.add_argument("--only", nargs="*", help="notebook names (e.g. 00_tour) to execute")
+    parser.add_argument("--no-render", action="store_true", help="execute only")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    args = parser.parse_args(argv)
+    if args.weights not in ("pretrained", "random"):
+        parser.error(f"--weights must be 'pretrained' or 'random', not {args.weights!r}")
+
+    os.environ["CASEBOOK_BUILD"] = "1"  # inherited by the kernels: HTML-only plotly output
+    os.environ["TQDM_DISABLE"] = "1"  # progress bars are for people at a keyboard, not pages
+    notebooks = toc_notebooks()
+    if args.only:
+        notebooks = [p for p in notebooks if p.stem in set(args.only)]
+    weights = choose_weights(args.weights, notebooks)
+    out = args.out.resolve()
+    stage = out / "stage"
+    stage_sources(stage, stand_in=weights == "random")
+    timings = {}
+    for path in notebooks:
+        parameters = {"weights": weights}
+        if args.smoke:
+            nb = nbformat.read(path, as_version=4)
+            parameters.update(nb.metadata.get("casebook", {}).get("smoke_parameters", {}))
+        log(f"executing {shown(path)} with {parameters}")
+        seconds = execute(path, stage / "notebooks" / path.name, parameters, args.timeout)
+        log(f"  done in {seconds:.1f} s")
+        timings[path.stem] = {"seconds": round(seconds, 2), "parameters": parameters}
+    (out / "timings.json").write_text(json.dumps({"weights": weights, "notebooks": timings}, indent=2))
+    if not args.no_render:
+        render(stage, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

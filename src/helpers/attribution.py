@@ -1,0 +1,98 @@
+"""Direct logit attribution (DLA): how much each component writes along a logit direction.
+
+With compatibility mode the final LayerNorm is a centring plus a per-position scale, so
+each component's contribution is ``ln_scale(component) · (W_U[:, a] − W_U[:, b])`` and the
+contributions, plus the unembedding bias, add up to the logit difference exactly. The
+functions below return that decomposition; tests check the sum.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["logit_diff_direction", "dla", "dla_by_layer", "dla_by_head", "dla_by_neuron"]
+
+
+def logit_diff_direction(model, answer: torch.Tensor, wrong: torch.Tensor | None = None) -> torch.Tensor:
+    """``[batch, d_model]``: W_U[:, answer] − W_U[:, wrong] (just W_U[:, answer] if no wrong)."""
+    answer = torch.as_tensor(answer, device=model.W_U.device).reshape(-1)
+    direction = model.W_U[:, answer].T
+    if wrong is not None:
+        wrong = torch.as_tensor(wrong, device=model.W_U.device).reshape(-1)
+        direction = direction - model.W_U[:, wrong].T
+    return direction
+
+
+def _bias_term(model, answer, wrong) -> torch.Tensor:
+    b_U = getattr(model, "b_U", None)
+    if b_U is None:
+        return torch.zeros(len(answer))
+    answer = torch.as_tensor(answer, device=b_U.device).reshape(-1)
+    term = b_U[answer]
+    if wrong is not None:
+        term = term - b_U[torch.as_tensor(wrong, device=b_U.device).reshape(-1)]
+    return term
+
+
+def dla(
+    model,
+    cache,
+    answer: torch.Tensor,
+    wrong: torch.Tensor | None = None,
+    positions: torch.Tensor | int = -1,
+    *,
+    by: str = "layer",
+) -> tuple[torch.Tensor, list[str]]:
+    """Per-prompt direct logit attribution, ``([n_components, batch], labels)``.
+
+    ``by``: ``"layer"`` (embed, pos_embed, each layer's attention and MLP output),
+    ``"head"`` (every head, each MLP, embeddings and biases) or ``"neuron"`` (every head,
+    every MLP neuron, embeddings and biases). The last component, ``b_U``, is the
+    unembedding bias difference, so the components sum to the logit difference.
+    ``positions``: the position read per prompt (``[batch]``) or one int for all.
+    """
+    batch = cache["hook_embed"].shape[0]
+    if isinstance(positions, int):
+        pos_index = torch.full((batch,), positions, dtype=torch.long)
+    else:
+        pos_index = torch.as_tensor(positions, dtype=torch.long).cpu()
+    if by == "layer":
+        stack, labels = cache.decompose_resid(layer=-1, return_labels=True)
+    elif by in ("head", "neuron"):
+        stack, labels = cache.get_full_resid_decomposition(
+            layer=-1, expand_neurons=(by == "neuron"), return_labels=True
+        )
+    else:
+        raise ValueError(f"dla(by={by!r}) is not one of 'layer', 'head', 'neuron'.")
+    rows = torch.arange(batch)
+    stack = stack[:, rows, pos_index.to(stack.device)]  # [component, batch, d_model]
+    # The final-LN scale at those positions, via the cache's own LN handling.
+    scale = cache["ln_final.hook_scale"][rows, pos_index.to(stack.device)]  # [batch, 1]
+    stack = stack - stack.mean(-1, keepdim=True)
+    stack = stack / scale
+    direction = logit_diff_direction(model, answer, wrong).to(stack.device)
+    if direction.shape[0] == 1 and batch > 1:
+        direction = direction.expand(batch, -1)
+    contributions = (stack * direction).sum(-1)  # [component, batch]
+    bias = _bias_term(model, answer, wrong).to(contributions.device).expand(batch)
+    return torch.cat([contributions, bias[None]]), list(labels) + ["b_U"]
+
+
+def dla_by_layer(model, cache, answer, wrong=None, positions=-1):
+    """Shorthand for ``dla(..., by="layer")``."""
+    return dla(model, cache, answer, wrong, positions, by="layer")
+
+
+def dla_by_head(model, cache, answer, wrong=None, positions=-1) -> torch.Tensor:
+    """``[n_layers, n_heads, batch]``: each head's direct effect on the logit difference."""
+    values, labels = dla(model, cache, answer, wrong, positions, by="head")
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    return values[: n_layers * n_heads].reshape(n_layers, n_heads, -1)
+
+
+def dla_by_neuron(model, cache, answer, wrong=None, positions=-1) -> torch.Tensor:
+    """``[n_layers, d_mlp, batch]``: each MLP neuron's direct effect on the logit difference."""
+    values, labels = dla(model, cache, answer, wrong, positions, by="neuron")
+    n_layers, n_heads, d_mlp = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_mlp
+    start = n_layers * n_heads
+    return values[start : start + n_layers * d_mlp].reshape(n_layers, d_mlp, -1)

@@ -1,0 +1,302 @@
+"""Loading GPT-2 through TransformerLens 4.x, with an offline stand-in.
+
+Two ways to get a model, one call:
+
+* ``load_model("gpt2-small")``: the real weights from the Hugging Face hub (or its local
+  cache), booted with ``TransformerBridge.boot_transformers`` and put in compatibility mode,
+  so logit lens and direct logit attribution match the papers' HookedTransformer numbers.
+* ``load_model("gpt2-small", weights="random")``: the **stand-in**. GPT-2's exact
+  architecture with seeded random weights and GPT-2's real tokenizer, built from files shipped
+  in this package. It touches no network. Prompts, token positions, shapes, runtime and
+  memory are the real model's; the numbers it computes mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "ModelSpec",
+    "SUPPORTED_MODELS",
+    "CasebookError",
+    "UnknownModelError",
+    "ModelUnavailableError",
+    "resolve_model_name",
+    "load_model",
+    "gpt2_tokenizer",
+    "pick_device",
+    "hub_available",
+    "is_stand_in",
+    "build_stand_in",
+    "finish_model",
+]
+
+TOKENIZER_DIR = Path(__file__).parent / "assets" / "gpt2-tokenizer"
+WEIGHT_CHOICES = ("pretrained", "random")
+
+
+class CasebookError(Exception):
+    """Base class of the errors this package raises on purpose (their text is the message)."""
+
+
+class UnknownModelError(CasebookError, ValueError):
+    """A model name this book does not know."""
+
+
+class ModelUnavailableError(CasebookError, RuntimeError):
+    """Pretrained weights that cannot be had here (no hub access, nothing cached)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One GPT-2 size: the book's name, the hub repository, and the architecture."""
+
+    name: str
+    hf_id: str
+    n_layers: int
+    n_heads: int
+    d_model: int
+    n_ctx: int = 1024
+    d_vocab: int = 50257
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+SUPPORTED_MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("gpt2-small", "openai-community/gpt2", 12, 12, 768),
+        ModelSpec("gpt2-medium", "openai-community/gpt2-medium", 24, 16, 1024),
+        ModelSpec("gpt2-large", "openai-community/gpt2-large", 36, 20, 1280),
+        ModelSpec("gpt2-xl", "openai-community/gpt2-xl", 48, 25, 1600),
+    )
+}
+_ALIASES = {"gpt2": "gpt2-small"}
+_ALIASES.update({spec.hf_id: name for name, spec in SUPPORTED_MODELS.items()})
+
+
+def resolve_model_name(name: str) -> ModelSpec:
+    """The ``ModelSpec`` for a book name (``gpt2-small``), alias (``gpt2``) or hub id."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    key = _ALIASES.get(key, key)
+    if key not in SUPPORTED_MODELS:
+        names = ", ".join(SUPPORTED_MODELS)
+        raise UnknownModelError(
+            f"Unknown model name {name!r}. The casebook supports the GPT-2 family: {names} "
+            f"(aliases: 'gpt2' for gpt2-small, and the hub ids such as "
+            f"'openai-community/gpt2'). Pass one of these as model_name."
+        )
+    return SUPPORTED_MODELS[key]
+
+
+@lru_cache(maxsize=1)
+def gpt2_tokenizer():
+    """GPT-2's real byte-level BPE tokenizer, built offline from the files in ``assets/``.
+
+    Same vocabulary and merges as every GPT-2 size on the hub; ``<|endoftext|>`` (id 50256)
+    is BOS, EOS, UNK and, as TransformerLens sets it, the padding token.
+    """
+    from transformers import GPT2TokenizerFast
+
+    vocab = json.loads((TOKENIZER_DIR / "encoder.json").read_text(encoding="utf-8"))
+    lines = (TOKENIZER_DIR / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+    merges = [tuple(line.split(" ")) for line in lines[1:] if line.strip()]  # line 0: #version
+    eot = "<|endoftext|>"
+    tokenizer = GPT2TokenizerFast(
+        vocab=vocab, merges=merges, bos_token=eot, eos_token=eot, unk_token=eot
+    )
+    tokenizer.pad_token = eot
+    return tokenizer
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: the one asked for (checked), else cuda → mps → cpu."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CasebookError(
+            f"Unknown device {device!r}. Use 'cpu', 'cuda', 'cuda:0', 'mps', or None to "
+            f"pick the best available one automatically."
+        ) from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+    }
+    if not available.get(dev.type, False):
+        raise CasebookError(
+            f"Device {device!r} is not available on this machine. Use device=None to pick "
+            f"the best available device (cuda → mps → cpu), or device='cpu'."
+        )
+    return dev
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _offline_flag() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _in_local_cache(hf_id: str) -> bool:
+    """True when the repository's config and weights are both in the local HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(filename: str) -> bool:
+        return isinstance(try_to_load_from_cache(hf_id, filename), str)
+
+    return cached("config.json") and (cached("model.safetensors") or cached("pytorch_model.bin"))
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    if _offline_flag():
+        return False
+    try:
+        urllib.request.urlopen(urllib.request.Request(_hub_endpoint(), method="HEAD"), timeout=timeout)
+        return True
+    except urllib.error.HTTPError:
+        return True  # the server answered
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def hub_available(model_name: str = "gpt2-small", timeout: float = 5.0) -> bool:
+    """Can ``weights="pretrained"`` work here: weights cached, or the hub reachable?"""
+    spec = resolve_model_name(model_name)
+    return _in_local_cache(spec.hf_id) or _hub_reachable(timeout)
+
+
+def _unavailable(spec: ModelSpec, cause: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"Cannot load the pretrained weights of {spec.name} ({spec.hf_id}): {cause}. "
+        f"Ways out: run where the Hugging Face hub is reachable (Google Colab, most laptops); "
+        f"or pre-fill the cache on a machine that has access "
+        f"(`hf download {spec.hf_id}`), copy ~/.cache/huggingface/hub here and set "
+        f"HF_HUB_OFFLINE=1; or, to check prompts, shapes and code paths only, use "
+        f"load_model({spec.name!r}, weights='random'), GPT-2's exact architecture with random "
+        f"weights, whose numbers mean nothing."
+    )
+
+
+def _boot_pretrained(spec: ModelSpec, device: torch.device):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if not _in_local_cache(spec.hf_id):
+        if _offline_flag():
+            raise _unavailable(spec, "HF_HUB_OFFLINE is set and the weights are not in the local cache")
+        if not _hub_reachable():
+            raise _unavailable(
+                spec, f"the hub ({_hub_endpoint()}) is unreachable and the weights are not in the local cache"
+            )
+    try:
+        return TransformerBridge.boot_transformers(spec.hf_id, device=device)
+    except OSError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _unavailable(spec, f"loading failed ({first_line})") from None
+
+
+def build_stand_in(spec: ModelSpec, *, seed: int = 0, device: str | torch.device = "cpu"):
+    """A bridge over a GPT-2-architecture model with seeded random weights (no network).
+
+    ``load_model(..., weights="random")`` calls this with a supported size; tests call it
+    with a tiny ``ModelSpec`` (e.g. 2 layers × 4 heads) to check the science code quickly.
+    Compatibility mode is not yet enabled on the result.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        n_layer=spec.n_layers,
+        n_head=spec.n_heads,
+        n_embd=spec.d_model,
+        n_positions=spec.n_ctx,
+        vocab_size=spec.d_vocab,
+    )
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
+        torch.manual_seed(seed)
+        hf_model = GPT2LMHeadModel(config)
+    hf_model.eval()
+    # The bridge rebuilds the tokenizer by its name_or_path when it sets up BOS, so the
+    # tokenizer must come from a folder (an in-memory one has no name_or_path).
+    with tempfile.TemporaryDirectory(prefix="casebook-gpt2-tokenizer-") as folder:
+        gpt2_tokenizer().save_pretrained(folder)
+        from transformers import GPT2TokenizerFast
+
+        tokenizer = GPT2TokenizerFast.from_pretrained(folder)
+        return TransformerBridge.boot_transformers(
+            spec.hf_id, hf_model=hf_model, tokenizer=tokenizer, device=device
+        )
+
+
+def load_model(
+    name: str = "gpt2-small",
+    *,
+    weights: str = "pretrained",
+    device: str | torch.device | None = None,
+    seed: int = 0,
+):
+    """A GPT-2 as a TransformerLens ``TransformerBridge`` in compatibility mode.
+
+    Args:
+        name: ``gpt2-small`` (alias ``gpt2``), ``gpt2-medium``, ``gpt2-large`` or ``gpt2-xl``.
+        weights: ``"pretrained"`` (the hub's weights) or ``"random"`` (the offline stand-in).
+        device: ``None`` picks cuda → mps → cpu.
+        seed: seeds the stand-in's random weights (ignored for pretrained weights).
+
+    The model comes in eval mode with its parameters frozen (``requires_grad=False``); call
+    ``model.requires_grad_(True)`` for gradient-based attribution. ``model.is_stand_in``
+    tells the stand-in from GPT-2, and ``model.casebook_name`` is the book's model name.
+    """
+    spec = resolve_model_name(name)
+    if weights not in WEIGHT_CHOICES:
+        raise CasebookError(
+            f"Unknown weights={weights!r}. Use weights='pretrained' for GPT-2's real weights "
+            f"(needs the Hugging Face hub or a filled cache) or weights='random' for the "
+            f"offline stand-in (GPT-2's architecture and tokenizer, random weights)."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise CasebookError(
+            f"seed must be a non-negative integer, got seed={seed!r}. Use e.g. seed=0."
+        )
+    dev = pick_device(device)
+    with torch.random.fork_rng(devices=[]):  # loading leaves the caller's CPU RNG as it was
+        if weights == "random":
+            model = build_stand_in(spec, seed=seed, device=dev)
+        else:
+            model = _boot_pretrained(spec, dev)
+        return finish_model(model, spec, stand_in=weights == "random", seed=seed)
+
+
+def finish_model(model, spec: ModelSpec, *, stand_in: bool, seed: int | None = None):
+    """Compatibility mode, eval mode, frozen parameters, and the casebook's labels."""
+    model.enable_compatibility_mode(disable_warnings=True)
+    model.eval()
+    model.requires_grad_(False)
+    model.is_stand_in = stand_in
+    model.casebook_name = spec.name
+    model.casebook_seed = seed if stand_in else None
+    return model
+
+
+def is_stand_in(model) -> bool:
+    """True for the random-weight stand-in (and for any model not loaded by ``load_model``)."""
+    return bool(getattr(model, "is_stand_in", True))

@@ -1,0 +1,156 @@
+"""Plotting set-up and the book's standard figures (plotly).
+
+Why a set-up function: since plotly 6.1 an executing kernel stores only the
+``application/vnd.plotly.v1+json`` mime type, which Jupyter Book 1.x cannot render (the
+figure silently vanishes with a ``mystnb.unknown_mime_type`` warning; and myst-nb warns
+even when an HTML copy sits beside it). ``setup_plotting`` picks the renderer explicitly:
+
+* the book build (``scripts/build_book.py`` sets ``CASEBOOK_BUILD=1``): ``notebook_connected``,
+  HTML only, loading plotly.js from its CDN (a few KB per figure instead of ~4.8 MB);
+* Google Colab: ``colab``;
+* Jupyter, VS Code: ``plotly_mimetype+notebook_connected`` (interactive in every front end).
+
+``PLOTLY_RENDERER`` in the environment overrides all three.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+
+__all__ = [
+    "BOOK_RENDERER",
+    "in_colab",
+    "setup_plotting",
+    "head_label",
+    "parse_head",
+    "heads_heatmap",
+    "bar",
+    "line",
+]
+
+BOOK_RENDERER = "notebook_connected"
+INTERACTIVE_RENDERER = "plotly_mimetype+notebook_connected"
+TEMPLATE = "plotly_white"
+
+
+def in_colab() -> bool:
+    """True when running inside Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def setup_plotting() -> str:
+    """Set plotly's default renderer and template for this environment; returns the renderer."""
+    if os.environ.get("PLOTLY_RENDERER"):
+        renderer = os.environ["PLOTLY_RENDERER"]
+    elif in_colab():
+        renderer = "colab"
+    elif os.environ.get("CASEBOOK_BUILD"):
+        renderer = BOOK_RENDERER
+    else:
+        renderer = INTERACTIVE_RENDERER
+    pio.renderers.default = renderer
+    pio.templates.default = TEMPLATE
+    return renderer
+
+
+def head_label(layer: int, head: int) -> str:
+    """Heads are named ``L.H`` as the papers do (``9.9`` is layer 9, head 9)."""
+    return f"{layer}.{head}"
+
+
+def parse_head(label: str | tuple[int, int]) -> tuple[int, int]:
+    """``"9.9"`` or ``(9, 9)`` → ``(9, 9)``."""
+    if isinstance(label, tuple):
+        return int(label[0]), int(label[1])
+    layer, head = str(label).split(".")
+    return int(layer), int(head)
+
+
+def _to_numpy(values) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=float)
+
+
+def heads_heatmap(
+    values,
+    *,
+    title: str,
+    colorbar_title: str = "",
+    marked: dict[str, Sequence] | Sequence | None = None,
+    zmid: float = 0.0,
+    height: int | None = None,
+) -> go.Figure:
+    """Layer × head heatmap (``values``: ``[n_layers, n_heads]``), hover text ``L.H``.
+
+    ``marked``: heads to outline, e.g. the paper's circuit, as ``{"Name Mover": ["9.9",
+    "9.6"], ...}`` (one legend entry per class) or a plain list of ``L.H`` labels.
+    """
+    z = _to_numpy(values)
+    n_layers, n_heads = z.shape
+    text = [[head_label(l, h) for h in range(n_heads)] for l in range(n_layers)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(n_heads)),
+            y=list(range(n_layers)),
+            text=text,
+            colorscale="RdBu",
+            zmid=zmid,
+            colorbar=dict(title=colorbar_title),
+            hovertemplate="head %{text}<br>value %{z:.3f}<extra></extra>",
+        )
+    )
+    if marked:
+        groups = marked if isinstance(marked, dict) else {"marked": marked}
+        symbols = ["square-open", "circle-open", "diamond-open", "x-thin-open", "star-open",
+                   "triangle-up-open", "cross-thin-open", "hexagon-open"]
+        for i, (name, heads) in enumerate(groups.items()):
+            coords = [parse_head(h) for h in heads]
+            fig.add_trace(
+                go.Scatter(
+                    x=[h for _, h in coords],
+                    y=[l for l, _ in coords],
+                    mode="markers",
+                    name=name,
+                    marker=dict(symbol=symbols[i % len(symbols)], size=14, color="black",
+                                line=dict(width=2)),
+                    hovertemplate=f"{name}: %{{y}}.%{{x}}<extra></extra>",
+                )
+            )
+        fig.update_layout(legend=dict(orientation="h", y=-0.15))
+    fig.update_layout(
+        title=title,
+        xaxis=dict(title="Head", dtick=1),
+        yaxis=dict(title="Layer", dtick=1, autorange="reversed"),
+        height=height or max(350, 28 * n_layers + 150),
+        width=max(500, 40 * n_heads + 250),
+    )
+    return fig
+
+
+def bar(values, labels: Sequence[str], *, title: str, xaxis: str, yaxis: str) -> go.Figure:
+    """A titled, labelled bar chart (one bar per label)."""
+    fig = go.Figure(go.Bar(x=list(labels), y=_to_numpy(values)))
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis)
+    return fig
+
+
+def line(values, labels: Sequence[str] | None = None, *, title: str, xaxis: str, yaxis: str,
+         names: Sequence[str] | None = None) -> go.Figure:
+    """A titled, labelled line chart; ``values`` ``[n]`` or ``[n_lines, n]``."""
+    y = _to_numpy(values)
+    y = y[None] if y.ndim == 1 else y
+    x = list(labels) if labels is not None else list(range(y.shape[1]))
+    fig = go.Figure()
+    for i, row in enumerate(y):
+        fig.add_trace(go.Scatter(x=x, y=row, mode="lines+markers",
+                                 name=names[i] if names else None, showlegend=bool(names)))
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis)
+    return fig

@@ -1,0 +1,45 @@
+"""Shared fixtures. Every test runs offline: no hub, and an empty Hugging Face cache."""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Before transformers / huggingface_hub are imported anywhere: they read these at import.
+_EMPTY_HF_HOME = tempfile.mkdtemp(prefix="casebook-empty-hf-")
+os.environ["HF_HOME"] = _EMPTY_HF_HOME
+os.environ["HF_HUB_CACHE"] = os.path.join(_EMPTY_HF_HOME, "hub")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from helpers.models import ModelSpec, build_stand_in, finish_model, load_model  # noqa: E402
+
+TINY = ModelSpec("tiny-gpt2", "openai-community/gpt2", n_layers=2, n_heads=4, d_model=64)
+
+
+@pytest.fixture(scope="session")
+def empty_hf_home() -> Path:
+    return Path(_EMPTY_HF_HOME)
+
+
+@pytest.fixture(scope="session")
+def small_stand_in():
+    """GPT-2 small's architecture with seed-0 random weights (shared: treat as read-only)."""
+    return load_model("gpt2-small", weights="random", seed=0, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A 2-layer, 4-head, d_model-64 GPT-2 with random weights, for quick science checks."""
+    return finish_model(build_stand_in(TINY, seed=1), TINY, stand_in=True, seed=1)
+
+
+@pytest.fixture
+def torch_seeded():
+    torch.manual_seed(1234)

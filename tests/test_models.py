@@ -1,0 +1,85 @@
+"""The stand-in: exact GPT-2 shapes, deterministic, offline, with the compatibility-mode identity."""
+
+import pytest
+import torch
+
+from helpers import dla, is_stand_in, load_model, logit_diff
+from helpers.models import SUPPORTED_MODELS, resolve_model_name
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def test_small_shapes(small_stand_in):
+    cfg = small_stand_in.cfg
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp) == (12, 12, 768, 64, 3072)
+    assert (cfg.d_vocab, cfg.n_ctx) == (50257, 1024)
+    tokens = small_stand_in.to_tokens(PROMPT)
+    logits, cache = small_stand_in.run_with_cache(tokens)
+    assert logits.shape == (1, tokens.shape[1], 50257)
+    assert cache["pattern", 9].shape == (1, 12, tokens.shape[1], tokens.shape[1])
+    assert cache["z", 9].shape == (1, tokens.shape[1], 12, 64)
+
+
+def test_medium_shapes():
+    model = load_model("gpt2-medium", weights="random", seed=0, device="cpu")
+    cfg = model.cfg
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head) == (24, 16, 1024, 64)
+    assert model.is_stand_in and model.casebook_name == "gpt2-medium"
+    assert model.W_Q.shape == (24, 16, 1024, 64) and model.W_in.shape == (24, 1024, 4096)
+    logits = model(model.to_tokens("Hello, world!"))
+    assert logits.shape == (1, 5, 50257)
+
+
+def test_stand_in_is_labelled_and_frozen(small_stand_in):
+    assert small_stand_in.is_stand_in is True and is_stand_in(small_stand_in)
+    assert small_stand_in.casebook_name == "gpt2-small"
+    assert not any(p.requires_grad for p in small_stand_in.parameters())
+    assert small_stand_in.compatibility_mode
+
+
+def test_same_seed_same_logits_other_seed_other_logits(small_stand_in):
+    tokens = small_stand_in.to_tokens(PROMPT)
+    again = load_model("gpt2", weights="random", seed=0, device="cpu")
+    other = load_model("gpt2", weights="random", seed=1, device="cpu")
+    reference = small_stand_in(tokens)
+    assert torch.equal(again(tokens), reference)
+    assert not torch.allclose(other(tokens), reference)
+
+
+def test_loading_leaves_the_global_rng_alone():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    load_model("gpt2-small", weights="random", seed=3, device="cpu")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_stand_in_touches_neither_network_nor_cache(empty_hf_home):
+    # conftest sets HF_HUB_OFFLINE=1 and an empty HF_HOME; the session's models loaded fine.
+    files = [p for p in empty_hf_home.rglob("*") if p.is_file()]
+    assert files == [], f"the stand-in wrote to the Hugging Face cache: {files[:5]}"
+
+
+@pytest.mark.parametrize("by", ["layer", "head", "neuron"])
+def test_dla_components_sum_to_logit_difference(small_stand_in, by):
+    model = small_stand_in
+    prompts = [PROMPT, "The Eiffel Tower is in the city of Paris, and"]
+    tokens = model.to_tokens(prompts, padding_side="right")
+    lengths = torch.tensor([len(model.to_tokens(p)[0]) for p in prompts])
+    positions = lengths - 1  # each prompt's own last real token
+    answer = torch.tensor([model.to_single_token(" Mary"), model.to_single_token(" the")])
+    wrong = torch.tensor([model.to_single_token(" John"), model.to_single_token(" a")])
+    logits, cache = model.run_with_cache(tokens)
+    parts, labels = dla(model, cache, answer, wrong, positions, by=by)
+    target = logit_diff(logits, answer, wrong, positions, mean=False)
+    assert len(labels) == parts.shape[0]
+    assert torch.allclose(parts.sum(0), target, atol=1e-4), (parts.sum(0), target)
+    # Not trivially true: dropping one large component breaks the identity.
+    biggest = parts.abs().sum(1).argmax()
+    assert not torch.allclose(parts.sum(0) - parts[biggest], target, atol=1e-4)
+
+
+def test_registry_covers_larger_gpt2s_without_code_changes():
+    assert resolve_model_name("gpt2-large").n_layers == 36
+    assert resolve_model_name("openai-community/gpt2-xl").d_model == 1600
+    assert {"gpt2-small", "gpt2-medium"} <= set(SUPPORTED_MODELS)
