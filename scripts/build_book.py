@@ -82,8 +82,14 @@ def choose_weights(requested: str, notebooks: list[Path]) -> str:
     if requested == "random":
         log("weights: random (the stand-in), as requested")
         return "random"
-    sys.path.insert(0, str(ROOT / "src"))
-    from helpers.models import hub_available
+    # helpers/hub.py is loaded on its own, not through the package, so that this process (which
+    # only drives the kernels) does not import torch and transformers just to ask the hub.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("casebook_hub", ROOT / "src" / "helpers" / "hub.py")
+    hub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hub)
+    hub_available = hub.hub_available
 
     models = sorted({notebook_parameters(p).get("model_name", "gpt2-small") for p in notebooks})
     missing = [m for m in models if not hub_available(m)]

@@ -59,7 +59,9 @@ def test_pages_carry_the_stand_in_warning(built, path):
     page = (out / "html" / "notebooks" / f"{path.stem}.html").read_text(encoding="utf-8")
     assert "bd-header-announcement" in page and "stand-in model" in page  # site-wide banner
     assert "casebook-stand-in" in page  # the chapter's own warning box
-    assert "tag_parameters" in page and "tag_injected-parameters" not in page
+    # Parameters cells (stored and injected) are hidden; the banner names the weights used.
+    assert "tag_parameters" not in page and "tag_injected-parameters" not in page
+    assert "tag_remove-cell" not in page and "IProgress" not in page
     assert "colab.research.google.com/github/" in page and f"notebooks/{path.name}" in page
 
 

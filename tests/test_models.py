@@ -83,3 +83,10 @@ def test_registry_covers_larger_gpt2s_without_code_changes():
     assert resolve_model_name("gpt2-large").n_layers == 36
     assert resolve_model_name("openai-community/gpt2-xl").d_model == 1600
     assert {"gpt2-small", "gpt2-medium"} <= set(SUPPORTED_MODELS)
+
+
+def test_hub_module_knows_every_supported_model():
+    from helpers.hub import HF_IDS
+
+    for name, spec in SUPPORTED_MODELS.items():
+        assert HF_IDS[name] == spec.hf_id

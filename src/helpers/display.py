@@ -29,6 +29,7 @@ def setup_notebook() -> None:
     setup_plotting()
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="transformer_lens")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

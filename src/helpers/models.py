@@ -14,15 +14,14 @@ Two ways to get a model, one call:
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from .hub import _hub_endpoint, _hub_reachable, _in_local_cache, _offline_flag, hub_available
 
 __all__ = [
     "ModelSpec",
@@ -147,42 +146,6 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
             f"the best available device (cuda → mps → cpu), or device='cpu'."
         )
     return dev
-
-
-def _hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-def _offline_flag() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _in_local_cache(hf_id: str) -> bool:
-    """True when the repository's config and weights are both in the local HF cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    def cached(filename: str) -> bool:
-        return isinstance(try_to_load_from_cache(hf_id, filename), str)
-
-    return cached("config.json") and (cached("model.safetensors") or cached("pytorch_model.bin"))
-
-
-def _hub_reachable(timeout: float = 5.0) -> bool:
-    if _offline_flag():
-        return False
-    try:
-        urllib.request.urlopen(urllib.request.Request(_hub_endpoint(), method="HEAD"), timeout=timeout)
-        return True
-    except urllib.error.HTTPError:
-        return True  # the server answered
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def hub_available(model_name: str = "gpt2-small", timeout: float = 5.0) -> bool:
-    """Can ``weights="pretrained"`` work here: weights cached, or the hub reachable?"""
-    spec = resolve_model_name(model_name)
-    return _in_local_cache(spec.hf_id) or _hub_reachable(timeout)
 
 
 def _unavailable(spec: ModelSpec, cause: str) -> ModelUnavailableError:

@@ -1,0 +1,583 @@
+"""Indirect Object Identification (IOI) prompts, built the way the book needs them.
+
+IOI (Wang et al. 2022, "Interpretability in the Wild", arXiv 2211.00593) asks GPT-2 small to
+finish "When Mary and John went to the store, John gave a drink to" with " Mary": the
+indirect object IO ([A] in the paper) rather than the repeated subject S ([B]). This module
+turns the paper's sentence templates into batches of prompts with everything a circuit
+experiment needs: token ids, the answer and distractor tokens, the token positions of IO, S1,
+S1+1, S2 and END, per-template groups for mean ablation, and the p_ABC corruption.
+
+Choices, stated once here and again where they bite:
+
+* **No BOS by default.** The paper fed GPT-2 its prompts without a leading
+  ``<|endoftext|>``; ARENA and the TransformerLens demos prepend one. ``prepend_bos=True``
+  puts token 50256 first and shifts every position by one.
+* **Templates.** All 15 templates of the paper's App. E (Fig. 14), kept as data in
+  :data:`BABA_TEMPLATES`, each usable in BABA order (as the paper writes them) and ABBA order
+  (first [B] and first [A] swapped). The paper's official ``"mixed"`` default sampled only
+  templates 1-7; here the default is all 15 and ``templates=`` picks any subset.
+* **Names.** :data:`NAMES` is the book's own list of 100 common English first names (50 + 50),
+  not the paper's list of 99 nor ARENA's 109. Places and objects are the 8 + 8 words that all
+  the public IOI code uses. Every word must be one GPT-2 token with a leading space; this is
+  checked with the tokenizer each time a dataset is built, and a violation raises.
+* **Prompts stop before the answer.** A prompt ends with the token just before [A] (END);
+  the answer token is ``io_tokens``.
+* **Corruption p_ABC** (:meth:`IOIDataset.corrupt_abc`): the same template, order, place and
+  object with three fresh, distinct names at the IO, S1 and S2 slots, seeded, so every
+  position and length is unchanged. As in ARENA (and unlike the paper's code, which also
+  swaps the answer), the corrupted dataset keeps the *clean* ``io_tokens``/``s_tokens`` for
+  scoring; the names it actually contains are in ``slot_names``/``slot_tokens``.
+* **Positions are found by tokenizing.** Each slot's name token is searched for in the
+  tokenized prompt (S1 is the first occurrence of S, S2 the second); any count other than the
+  expected one raises, so a template or word that tokenizes unexpectedly cannot slip through.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any, Literal
+
+import torch
+
+__all__ = [
+    "BABA_TEMPLATES",
+    "NAMES",
+    "PLACES",
+    "OBJECTS",
+    "ORDERS",
+    "POSITION_KEYS",
+    "PAD_TOKEN_ID",
+    "IOIDataset",
+    "make_ioi_dataset",
+    "render_template",
+    "template_text",
+    "check_single_tokens",
+]
+
+PAD_TOKEN_ID = 50256  # <|endoftext|>: GPT-2's BOS, EOS and (as TransformerLens sets it) pad
+ORDERS = ("BABA", "ABBA")
+POSITION_KEYS = ("IO", "S1", "S1+1", "S2", "END")
+_SLOTS = ("IO", "S1", "S2")
+
+# The 15 templates of the paper's App. E (Fig. 14), in the paper's order (template k is
+# BABA_TEMPLATES[k - 1]) and in its BABA form: [B] is the subject S, [A] the indirect object
+# IO, and the final [A] is the answer, which prompts leave out.
+BABA_TEMPLATES: tuple[str, ...] = (
+    "Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] had a lot of fun at the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] were working at the [PLACE]. [B] decided to give a [OBJECT] to [A]",
+    "Then, [B] and [A] were thinking about going to the [PLACE]. [B] wanted to give a [OBJECT] to [A]",
+    "Then, [B] and [A] had a long argument, and afterwards [B] said to [A]",
+    "After [B] and [A] went to the [PLACE], [B] gave a [OBJECT] to [A]",
+    "When [B] and [A] got a [OBJECT] at the [PLACE], [B] decided to give it to [A]",
+    "When [B] and [A] got a [OBJECT] at the [PLACE], [B] decided to give the [OBJECT] to [A]",
+    "While [B] and [A] were working at the [PLACE], [B] gave a [OBJECT] to [A]",
+    "While [B] and [A] were commuting to the [PLACE], [B] gave a [OBJECT] to [A]",
+    "After the lunch, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Afterwards, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] had a long argument. Afterwards [B] said to [A]",
+    "The [PLACE] [B] and [A] went to had a [OBJECT]. [B] gave it to [A]",
+    "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to [A]",
+)
+
+# The book's own list: 50 + 50 common English first names, each one GPT-2 token with a
+# leading space. Names that are also ordinary words or places (Mark, Grace, Austin, ...) are
+# left out on purpose.
+NAMES: tuple[str, ...] = (
+    "James", "John", "Robert", "Michael", "William", "David", "Richard", "Joseph", "Thomas",
+    "Charles", "Daniel", "Matthew", "Anthony", "Paul", "Steven", "Andrew", "Kenneth",
+    "Joshua", "Kevin", "Brian", "George", "Edward", "Ronald", "Timothy", "Jason", "Jeffrey",
+    "Ryan", "Jacob", "Gary", "Nicholas", "Eric", "Jonathan", "Stephen", "Justin", "Scott",
+    "Brandon", "Benjamin", "Samuel", "Gregory", "Patrick", "Jack", "Dennis", "Tyler",
+    "Aaron", "Henry", "Adam", "Peter", "Nathan", "Kyle", "Walter",
+    "Mary", "Patricia", "Jennifer", "Linda", "Elizabeth", "Barbara", "Susan", "Jessica",
+    "Sarah", "Karen", "Nancy", "Lisa", "Betty", "Margaret", "Sandra", "Ashley", "Kimberly",
+    "Emily", "Donna", "Michelle", "Dorothy", "Amanda", "Melissa", "Deborah", "Stephanie",
+    "Rebecca", "Laura", "Cynthia", "Kathleen", "Amy", "Angela", "Helen", "Anna", "Brenda",
+    "Nicole", "Emma", "Samantha", "Katherine", "Christine", "Rachel", "Catherine", "Janet",
+    "Ruth", "Maria", "Heather", "Julie", "Olivia", "Kelly", "Lauren", "Megan",
+)
+
+PLACES: tuple[str, ...] = (
+    "store", "garden", "restaurant", "school", "hospital", "office", "house", "station",
+)
+OBJECTS: tuple[str, ...] = (
+    "ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack",
+)
+
+# --------------------------------------------------------------------------- templates
+
+
+@lru_cache(maxsize=None)
+def template_text(template_id: int, order: str = "BABA") -> str:
+    """Template ``template_id`` (1..15) in the given order, with slot placeholders.
+
+    Returns the prompt skeleton without the answer, using ``{IO}``, ``{S1}``, ``{S2}``,
+    ``{PLACE}`` and ``{OBJECT}``. BABA is the paper's form ("[B] and [A] ... [B] ... to");
+    ABBA swaps the first [B] and the first [A] ("[A] and [B] ... [B] ... to").
+    """
+    if not 1 <= int(template_id) <= len(BABA_TEMPLATES):
+        raise ValueError(f"template_id must be in 1..{len(BABA_TEMPLATES)}, got {template_id}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    text = BABA_TEMPLATES[int(template_id) - 1]
+    answer = " [A]"
+    if not text.endswith(answer) or text.count("[A]") != 2 or text.count("[B]") != 2:
+        raise ValueError(f"malformed IOI template {template_id}: {text!r}")
+    text = text[: -len(answer)]  # the prompt stops at END, the token before the answer
+    first_b, first_a = text.index("[B]"), text.index("[A]")
+    if order == "BABA":
+        roles = {first_b: "{S1}", first_a: "{IO}"}
+    else:
+        roles = {first_b: "{IO}", first_a: "{S1}"}
+    second_b = text.index("[B]", first_b + 3)
+    roles[second_b] = "{S2}"
+    out, last = [], 0
+    for start in sorted(roles):
+        out.append(text[last:start])
+        out.append(roles[start])
+        last = start + 3
+    out.append(text[last:])
+    return "".join(out).replace("[PLACE]", "{PLACE}").replace("[OBJECT]", "{OBJECT}")
+
+
+@lru_cache(maxsize=None)
+def _slot_text_rank(template_id: int, order: str) -> dict[str, int]:
+    """The order (0, 1, 2) in which the IO, S1 and S2 slots appear in the prompt text."""
+    skel = template_text(template_id, order)
+    starts = sorted((skel.index("{" + s + "}"), s) for s in _SLOTS)
+    return {s: i for i, (_, s) in enumerate(starts)}
+
+
+def _uses(template_id: int, word: str) -> bool:
+    return f"[{word}]" in BABA_TEMPLATES[int(template_id) - 1]
+
+
+def render_template(
+    template_id: int,
+    order: str,
+    *,
+    io: str,
+    s1: str,
+    s2: str | None = None,
+    place: str | None = None,
+    obj: str | None = None,
+) -> str:
+    """One prompt (no answer): template ``template_id`` in ``order`` with the slots filled.
+
+    ``s2`` defaults to ``s1`` (a clean IOI prompt); p_ABC gives three different names.
+    """
+    skel = template_text(template_id, order)
+    if _uses(template_id, "PLACE") and place is None:
+        raise ValueError(f"template {template_id} needs a place")
+    if _uses(template_id, "OBJECT") and obj is None:
+        raise ValueError(f"template {template_id} needs an object")
+    return (
+        skel.replace("{IO}", io)
+        .replace("{S1}", s1)
+        .replace("{S2}", s1 if s2 is None else s2)
+        .replace("{PLACE}", place or "")
+        .replace("{OBJECT}", obj or "")
+    )
+
+
+# --------------------------------------------------------------------------- word checks
+
+
+def _default_tokenizer() -> Any:
+    from .models import gpt2_tokenizer
+
+    return gpt2_tokenizer()
+
+
+def check_single_tokens(words: Sequence[str], tokenizer: Any = None, *, what: str = "words") -> dict[str, int]:
+    """Map each word to its GPT-2 token id with a leading space; raise if any is not one token.
+
+    Returns ``{word: id}`` for ``" " + word``. Raises ``ValueError`` listing every word that
+    tokenizes to more than one token (or appears twice), so a bad list fails loudly.
+    """
+    tokenizer = tokenizer or _default_tokenizer()
+    ids: dict[str, int] = {}
+    bad: list[str] = []
+    for w in words:
+        toks = tokenizer.encode(" " + w)
+        if len(toks) != 1:
+            bad.append(f"{w!r} -> {toks}")
+        else:
+            ids[w] = toks[0]
+    if bad:
+        raise ValueError(f"these {what} are not single GPT-2 tokens with a leading space: " + ", ".join(bad))
+    if len(set(words)) != len(words):
+        dup = sorted({w for w in words if list(words).count(w) > 1})
+        raise ValueError(f"duplicate {what}: {dup}")
+    return ids
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@dataclass(eq=False)
+class IOIDataset:
+    """A batch of IOI prompts with tokens, answers and token positions.
+
+    ``n`` is the number of prompts and ``L`` the longest tokenized prompt (BOS included when
+    ``prepend_bos``). Without BOS the prompts are 14-20 tokens long.
+
+    Fields:
+        prompts: ``n`` strings, each ending just before the answer (the END token is last).
+        io_names, s_names: the names scored as answer (IO) and distractor (S). In a
+            corrupted dataset these are still the *clean* names (see :meth:`corrupt_abc`).
+        io_tokens, s_tokens: ``[n]`` long, ids of ``" " + name`` for ``io_names``/``s_names``.
+        slot_names: ``{"IO", "S1", "S2"} -> n`` names actually written in each slot
+            (clean: IO = io, S1 = S2 = s; p_ABC: three fresh names).
+        slot_tokens: ``{"IO", "S1", "S2"} -> [n]`` long, their token ids.
+        places, objects: ``n`` words, or ``None`` where the template has no such slot.
+        template_ids: ``[n]`` long, template index 1..15 of each prompt.
+        orders: ``n`` of ``"BABA"``/``"ABBA"``.
+        tokens: ``[n, L]`` long, right-padded with 50256.
+        lengths: ``[n]`` long, number of real tokens (BOS included if present).
+        positions: ``{"IO", "S1", "S1+1", "S2", "END"} -> [n]`` long token positions in
+            ``tokens``; END = ``lengths - 1`` (the answer would go at END + 1).
+        prepend_bos: whether ``tokens[:, 0]`` is BOS (50256). The paper used no BOS.
+        seed: the seed used to build it; corruption: ``None`` (clean) or ``"ABC"``.
+    """
+
+    prompts: list[str]
+    io_names: list[str]
+    s_names: list[str]
+    io_tokens: torch.Tensor
+    s_tokens: torch.Tensor
+    slot_names: dict[str, list[str]]
+    slot_tokens: dict[str, torch.Tensor]
+    places: list[str | None]
+    objects: list[str | None]
+    template_ids: torch.Tensor
+    orders: list[str]
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    positions: dict[str, torch.Tensor]
+    prepend_bos: bool = False
+    seed: int | None = None
+    corruption: str | None = None
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def max_len(self) -> int:
+        """``L``, the padded length of ``tokens``."""
+        return int(self.tokens.shape[1])
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """``[n, L]`` long, 1 on real tokens (BOS included), 0 on padding."""
+        return (torch.arange(self.max_len)[None, :] < self.lengths[:, None]).long()
+
+    @property
+    def answer_tokens(self) -> torch.Tensor:
+        """``[n, 2]`` long: column 0 the IO (correct) token, column 1 the S token."""
+        return torch.stack([self.io_tokens, self.s_tokens], dim=1)
+
+    @property
+    def group_ids(self) -> torch.Tensor:
+        """``[n]`` long, the template index 1..15 of each prompt (same as ``template_ids``)."""
+        return self.template_ids
+
+    def groups(self, by: Literal["template", "template_order"] = "template") -> dict[Any, torch.Tensor]:
+        """Indices of the prompts sharing a template, for per-template means.
+
+        ``by="template"``: ``{template_id: [k] long indices}``. All prompts of one template
+        have the same length and positions whichever the order, and in p_ABC (three random
+        names) the BABA/ABBA distinction vanishes, so this is the grouping for mean ablation
+        over p_ABC. ``by="template_order"``: keys ``(template_id, order)``, which is what the
+        paper's code effectively grouped by (its template list held BABA and ABBA copies).
+        """
+        keys: list[Any]
+        if by == "template":
+            keys = [int(t) for t in self.template_ids]
+        elif by == "template_order":
+            keys = [(int(t), o) for t, o in zip(self.template_ids, self.orders)]
+        else:
+            raise ValueError(f"by must be 'template' or 'template_order', got {by!r}")
+        out: dict[Any, list[int]] = {}
+        for i, k in enumerate(keys):
+            out.setdefault(k, []).append(i)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in sorted(out.items())}
+
+    def subset(self, idx: torch.Tensor | Sequence[int]) -> IOIDataset:
+        """The prompts at ``idx``, re-padded to their own longest length."""
+        idx = [int(i) for i in idx]
+        tl = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        t = torch.tensor(idx, dtype=torch.long)
+        lengths = self.lengths[t]
+        L = int(lengths.max()) if len(idx) else 0
+        return replace(
+            self,
+            prompts=tl(self.prompts),
+            io_names=tl(self.io_names),
+            s_names=tl(self.s_names),
+            io_tokens=self.io_tokens[t],
+            s_tokens=self.s_tokens[t],
+            slot_names={k: tl(v) for k, v in self.slot_names.items()},
+            slot_tokens={k: v[t] for k, v in self.slot_tokens.items()},
+            places=tl(self.places),
+            objects=tl(self.objects),
+            template_ids=self.template_ids[t],
+            orders=tl(self.orders),
+            tokens=self.tokens[t, :L],
+            lengths=lengths,
+            positions={k: v[t] for k, v in self.positions.items()},
+        )
+
+    def corrupt_abc(self, seed: int = 1, *, names: Sequence[str] | None = None) -> IOIDataset:
+        """The p_ABC twin of this dataset: same shape, three fresh names per prompt.
+
+        Each prompt keeps its template, order, place and object; its IO, S1 and S2 slots get
+        three distinct names drawn (seeded by ``seed``) from ``names`` (default
+        :data:`NAMES`), none equal to the clean IO or S. Every name is one token, so each
+        corrupted prompt has the same length and the same positions as its clean one
+        (checked). The returned dataset keeps the **clean** ``io_names``/``s_names`` and
+        ``io_tokens``/``s_tokens``, so logit differences on it are scored against the clean
+        answer (ARENA's convention; the paper's code also replaced the answer). Its own
+        names are in ``slot_names``/``slot_tokens``; ``corruption == "ABC"``.
+        """
+        names = tuple(NAMES if names is None else names)
+        tokenizer = self.tokenizer or _default_tokenizer()
+        name_ids = check_single_tokens(names, tokenizer, what="names")
+        if len(names) < 5:
+            raise ValueError("p_ABC needs at least 5 names (2 clean + 3 fresh)")
+        rng = random.Random(seed)
+        new: dict[str, list[str]] = {s: [] for s in _SLOTS}
+        for io, s in zip(self.io_names, self.s_names):
+            pool = [n for n in names if n != io and n != s]
+            x, y, z = rng.sample(pool, 3)
+            new["IO"].append(x)
+            new["S1"].append(y)
+            new["S2"].append(z)
+        prompts = [
+            render_template(int(t), o, io=a, s1=b, s2=c, place=p, obj=ob)
+            for t, o, a, b, c, p, ob in zip(
+                self.template_ids, self.orders, new["IO"], new["S1"], new["S2"], self.places, self.objects
+            )
+        ]
+        slot_tokens = {k: torch.tensor([name_ids[n] for n in v], dtype=torch.long) for k, v in new.items()}
+        tokens, lengths, positions = _tokenize_and_locate(
+            prompts, slot_tokens, self.template_ids, self.orders, self.prepend_bos, tokenizer
+        )
+        if tokens.shape != self.tokens.shape or not torch.equal(lengths, self.lengths):
+            raise RuntimeError("p_ABC corruption changed prompt lengths; a name is not one token")
+        for k in POSITION_KEYS:
+            if not torch.equal(positions[k], self.positions[k]):
+                raise RuntimeError(f"p_ABC corruption moved position {k}")
+        return replace(
+            self,
+            prompts=prompts,
+            slot_names=new,
+            slot_tokens=slot_tokens,
+            tokens=tokens,
+            lengths=lengths,
+            positions=positions,
+            seed=seed,
+            corruption="ABC",
+        )
+
+
+def _tokenize_and_locate(
+    prompts: list[str],
+    slot_tokens: dict[str, torch.Tensor],
+    template_ids: torch.Tensor,
+    orders: list[str],
+    prepend_bos: bool,
+    tokenizer: Any,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Tokenize ``prompts`` and find the IO/S1/S2 slots in the token ids.
+
+    Returns ``tokens [n, L]`` (right-padded with 50256), ``lengths [n]`` and positions. For
+    each slot, its name token is searched for in the row: if k slots earlier in the text
+    carry the same token (S2 after S1 in a clean prompt), the slot is its (k+1)-th
+    occurrence, and the token must occur exactly as often as slots carry it. Raises
+    ``RuntimeError`` otherwise.
+    """
+    n = len(prompts)
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # the fast path skips HF's wrapping
+    if backend is not None:
+        ids = [e.ids for e in backend.encode_batch(prompts, add_special_tokens=False)]
+    else:
+        ids = [list(r) for r in tokenizer(prompts)["input_ids"]]
+    if any(row and row[0] == PAD_TOKEN_ID for row in ids):
+        raise RuntimeError("the tokenizer added a BOS itself; pass one that does not (use prepend_bos)")
+    if prepend_bos:
+        ids = [[PAD_TOKEN_ID] + row for row in ids]
+    lengths = torch.tensor([len(r) for r in ids], dtype=torch.long)
+    L = int(lengths.max()) if n else 0
+    tokens = torch.tensor([row + [PAD_TOKEN_ID] * (L - len(row)) for row in ids], dtype=torch.long)
+    tokens = tokens.reshape(n, L)
+    real = torch.arange(L)[None, :] < lengths[:, None]
+    if prepend_bos:
+        real[:, 0] = False  # BOS is never a name
+
+    ranks = [_slot_text_rank(t, o) for t, o in zip(template_ids.tolist(), orders)]
+    text_rank = {s: torch.tensor([r[s] for r in ranks], dtype=torch.long).reshape(n) for s in _SLOTS}
+
+    positions: dict[str, torch.Tensor] = {}
+    for s in _SLOTS:
+        tok = slot_tokens[s]
+        same = torch.stack([slot_tokens[u] == tok for u in _SLOTS], dim=1)  # [n, 3]
+        before = torch.stack([text_rank[u] < text_rank[s] for u in _SLOTS], dim=1)
+        occurrence = (same & before).sum(1) + 1  # [n], which occurrence of tok this slot is
+        expected = same.sum(1)  # [n], how many slots carry tok
+        mask = (tokens == tok[:, None]) & real  # [n, L]
+        found = mask.sum(1)
+        if not torch.equal(found, expected):
+            i = int((found != expected).nonzero()[0])
+            raise RuntimeError(
+                f"slot {s}: token {int(tok[i])} occurs {int(found[i])} times, expected "
+                f"{int(expected[i])}, in prompt {i}: {prompts[i]!r}"
+            )
+        hit = mask & (mask.long().cumsum(1) == occurrence[:, None])
+        positions[s] = hit.long().argmax(1)
+    positions["S1+1"] = positions["S1"] + 1
+    positions["END"] = lengths - 1
+    positions = {k: positions[k] for k in POSITION_KEYS}
+    return tokens, lengths, positions
+
+
+def _balanced_assignments(
+    n: int, template_ids: list[int], orders: Sequence[str], rng: random.Random
+) -> list[tuple[int, str]]:
+    """``n`` (template, order) pairs: templates as even as possible (remainder to random
+    templates), orders alternating within and across templates (counts differ by at most
+    one overall and per template), then shuffled."""
+    k = len(template_ids)
+    counts = {t: n // k for t in template_ids}
+    for t in rng.sample(template_ids, n % k):
+        counts[t] += 1
+    pairs: list[tuple[int, str]] = []
+    j = 0
+    for t in template_ids:
+        for _ in range(counts[t]):
+            pairs.append((t, orders[j % len(orders)]))
+            j += 1
+    rng.shuffle(pairs)
+    return pairs
+
+
+def make_ioi_dataset(
+    n_prompts: int,
+    *,
+    templates: str | Sequence[int] = "all",
+    orders: Sequence[str] = ("BABA", "ABBA"),
+    prepend_bos: bool = False,
+    seed: int = 0,
+    tokenizer: Any = None,
+    symmetric: bool = False,
+    names: Sequence[str] | None = None,
+    places: Sequence[str] | None = None,
+    objects: Sequence[str] | None = None,
+) -> IOIDataset:
+    """Build ``n_prompts`` seeded IOI prompts (p_IOI) from the paper's templates.
+
+    Args:
+        n_prompts: number of prompts ``n``.
+        templates: ``"all"`` (templates 1..15) or a list of template indices in 1..15.
+        orders: which orders to use, ``("BABA", "ABBA")`` by default; both orders are mixed
+            in balanced proportions (counts differ by at most one), and so are templates.
+        prepend_bos: prepend ``<|endoftext|>`` (50256) and shift every position by one. The
+            paper measured **without** BOS, hence the default ``False``.
+        seed: the same seed gives identical prompts; the template/order assignment, names,
+            places and objects are all drawn from ``random.Random(seed)``.
+        tokenizer: a GPT-2 tokenizer; default :func:`helpers.models.gpt2_tokenizer`.
+        symmetric: if True (``n_prompts`` even), prompt ``2i + 1`` is prompt ``2i`` with IO
+            and S swapped (same template, order, place and object), like the paper's
+            ``symmetric=True``.
+        names, places, objects: word lists overriding :data:`NAMES`, :data:`PLACES`,
+            :data:`OBJECTS`; each word must be one GPT-2 token with a leading space.
+
+    Returns:
+        An :class:`IOIDataset` with ``tokens [n, L]``, ``io_tokens``/``s_tokens [n]`` and
+        ``positions`` ``{"IO", "S1", "S1+1", "S2", "END"} -> [n]``.
+
+    Sampling: IO and S are two distinct names drawn uniformly; place and object uniformly
+    (recorded as ``None`` for templates without them).
+    """
+    if n_prompts < 1:
+        raise ValueError("n_prompts must be at least 1")
+    if templates == "all":
+        template_ids = list(range(1, len(BABA_TEMPLATES) + 1))
+    elif isinstance(templates, str):
+        raise ValueError(f"templates must be 'all' or a list of indices, got {templates!r}")
+    else:
+        template_ids = [int(t) for t in templates]
+        if not template_ids or len(set(template_ids)) != len(template_ids):
+            raise ValueError(f"templates must be a non-empty list of distinct indices, got {templates!r}")
+        for t in template_ids:
+            if not 1 <= t <= len(BABA_TEMPLATES):
+                raise ValueError(f"template indices must be in 1..{len(BABA_TEMPLATES)}, got {t}")
+    orders = tuple(orders)
+    if not orders or len(set(orders)) != len(orders) or any(o not in ORDERS for o in orders):
+        raise ValueError(f"orders must be a non-empty subset of {ORDERS}, got {orders!r}")
+    if symmetric and n_prompts % 2:
+        raise ValueError("symmetric=True needs an even n_prompts")
+
+    tokenizer = tokenizer or _default_tokenizer()
+    names = tuple(NAMES if names is None else names)
+    places = tuple(PLACES if places is None else places)
+    objects = tuple(OBJECTS if objects is None else objects)
+    name_ids = check_single_tokens(names, tokenizer, what="names")
+    check_single_tokens(places, tokenizer, what="places")
+    check_single_tokens(objects, tokenizer, what="objects")
+    if len(names) < 2:
+        raise ValueError("need at least 2 names")
+    clash = set(names) & (set(places) | set(objects))
+    if clash:
+        raise ValueError(f"words used both as names and places/objects: {sorted(clash)}")
+
+    rng = random.Random(seed)
+    n_base = n_prompts // 2 if symmetric else n_prompts
+    pairs = _balanced_assignments(n_base, template_ids, orders, rng)
+
+    rows: list[tuple[int, str, str, str, str | None, str | None]] = []
+    for t, o in pairs:
+        io, s = rng.sample(names, 2)
+        place = rng.choice(places) if _uses(t, "PLACE") else None
+        obj = rng.choice(objects) if _uses(t, "OBJECT") else None
+        rows.append((t, o, io, s, place, obj))
+        if symmetric:
+            rows.append((t, o, s, io, place, obj))
+
+    t_ids, ords, ios, ss, pls, objs = (list(c) for c in zip(*rows))
+    prompts = [
+        render_template(t, o, io=io, s1=s, place=p, obj=ob)
+        for t, o, io, s, p, ob in zip(t_ids, ords, ios, ss, pls, objs)
+    ]
+    io_tokens = torch.tensor([name_ids[x] for x in ios], dtype=torch.long)
+    s_tokens = torch.tensor([name_ids[x] for x in ss], dtype=torch.long)
+    template_tensor = torch.tensor(t_ids, dtype=torch.long)
+    slot_tokens = {"IO": io_tokens.clone(), "S1": s_tokens.clone(), "S2": s_tokens.clone()}
+    tokens, lengths, positions = _tokenize_and_locate(
+        prompts, slot_tokens, template_tensor, ords, prepend_bos, tokenizer
+    )
+    return IOIDataset(
+        prompts=prompts,
+        io_names=ios,
+        s_names=ss,
+        io_tokens=io_tokens,
+        s_tokens=s_tokens,
+        slot_names={"IO": list(ios), "S1": list(ss), "S2": list(ss)},
+        slot_tokens=slot_tokens,
+        places=pls,
+        objects=objs,
+        template_ids=template_tensor,
+        orders=ords,
+        tokens=tokens,
+        lengths=lengths,
+        positions=positions,
+        prepend_bos=prepend_bos,
+        seed=seed,
+        corruption=None,
+        tokenizer=tokenizer,
+    )

@@ -1,0 +1,304 @@
+"""Tests of the IOI prompt builder (helpers.ioi): offline, GPT-2's real tokenizer only."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from helpers.ioi import (
+    BABA_TEMPLATES,
+    NAMES,
+    OBJECTS,
+    ORDERS,
+    PLACES,
+    POSITION_KEYS,
+    check_single_tokens,
+    make_ioi_dataset,
+    render_template,
+    template_text,
+)
+from helpers.models import gpt2_tokenizer
+
+EOT = 50256
+N_ALL = 60  # 4 prompts per template, 2 per (template, order)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return gpt2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def clean(tok):
+    return make_ioi_dataset(N_ALL, seed=0, tokenizer=tok)
+
+
+@pytest.fixture(scope="module")
+def corrupt(clean):
+    return clean.corrupt_abc(seed=1)
+
+
+# ----------------------------------------------------------------------------- word lists
+
+
+@pytest.mark.parametrize("words", [NAMES, PLACES, OBJECTS], ids=["names", "places", "objects"])
+def test_every_word_is_one_token_with_leading_space(tok, words):
+    for w in words:
+        ids = tok.encode(" " + w)
+        assert len(ids) == 1, (w, ids)
+        assert tok.decode(ids) == " " + w
+    assert len(set(words)) == len(words)
+
+
+def test_word_list_sizes():
+    assert 95 <= len(NAMES) <= 110
+    assert set(PLACES) == {"store", "garden", "restaurant", "school", "hospital", "office", "house", "station"}
+    assert set(OBJECTS) == {"ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack"}
+
+
+def test_multi_token_name_fails_loudly(tok):
+    assert len(tok.encode(" Zachary")) > 1  # premise of this test
+    with pytest.raises(ValueError, match="Zachary"):
+        check_single_tokens(["John", "Zachary"], tok)
+    with pytest.raises(ValueError, match="Zachary"):
+        make_ioi_dataset(4, names=["John", "Mary", "Zachary", "Lisa", "Emma"], tokenizer=tok)
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def test_templates_are_the_papers_fifteen():
+    assert len(BABA_TEMPLATES) == 15
+    for t in BABA_TEMPLATES:
+        assert t.endswith(" to [A]") and t.count("[A]") == 2 and t.count("[B]") == 2
+        assert t.index("[B]") < t.index("[A]")  # written BABA
+    # the fact sheet's openings, in the paper's order
+    assert all(BABA_TEMPLATES[i].startswith("Then, [B] and [A] ") for i in range(5))
+    starts = ["After [B]", "When [B]", "When [B]", "While [B]", "While [B]", "After the lunch, [B]",
+              "Afterwards, [B]", "Then, [B]", "The [PLACE] [B]", "Friends [B]"]
+    assert [BABA_TEMPLATES[5 + i].startswith(s) for i, s in enumerate(starts)] == [True] * 10
+    assert BABA_TEMPLATES[0] == "Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]"
+    assert BABA_TEMPLATES[13] == "The [PLACE] [B] and [A] went to had a [OBJECT]. [B] gave it to [A]"
+    assert BABA_TEMPLATES[14] == "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to [A]"
+    assert "[PLACE]" not in BABA_TEMPLATES[4] + BABA_TEMPLATES[12]
+    assert "[OBJECT]" not in BABA_TEMPLATES[4] + BABA_TEMPLATES[12]
+
+
+# The paper's App. E / Fig. 14 wordings, BABA form, rendered with B = John, A = Mary: pinned so
+# an accidental edit of a template shows up here.
+PAPER_PROMPTS = {
+    1: "Then, John and Mary went to the store. John gave a drink to",
+    2: "Then, John and Mary had a lot of fun at the store. John gave a drink to",
+    3: "Then, John and Mary were working at the store. John decided to give a drink to",
+    4: "Then, John and Mary were thinking about going to the store. John wanted to give a drink to",
+    5: "Then, John and Mary had a long argument, and afterwards John said to",
+    6: "After John and Mary went to the store, John gave a drink to",
+    7: "When John and Mary got a drink at the store, John decided to give it to",
+    8: "When John and Mary got a drink at the store, John decided to give the drink to",
+    9: "While John and Mary were working at the store, John gave a drink to",
+    10: "While John and Mary were commuting to the store, John gave a drink to",
+    11: "After the lunch, John and Mary went to the store. John gave a drink to",
+    12: "Afterwards, John and Mary went to the store. John gave a drink to",
+    13: "Then, John and Mary had a long argument. Afterwards John said to",
+    14: "The store John and Mary went to had a drink. John gave it to",
+    15: "Friends John and Mary found a drink at the store. John gave it to",
+}
+
+
+@pytest.mark.parametrize("t", range(1, 16))
+def test_template_wording(t):
+    got = render_template(t, "BABA", io="Mary", s1="John", place="store", obj="drink")
+    assert got == PAPER_PROMPTS[t]
+    abba = render_template(t, "ABBA", io="Mary", s1="John", place="store", obj="drink")
+    assert abba == PAPER_PROMPTS[t].replace("John and Mary", "Mary and John", 1)
+
+
+def test_render_babas_and_abbas():
+    kw = dict(io="Mary", s1="John", place="store", obj="drink")
+    assert render_template(1, "BABA", **kw) == "Then, John and Mary went to the store. John gave a drink to"
+    assert render_template(1, "ABBA", **kw) == "Then, Mary and John went to the store. John gave a drink to"
+    assert render_template(6, "ABBA", **kw) == "After Mary and John went to the store, John gave a drink to"
+    assert template_text(8, "BABA").count("{OBJECT}") == 2
+    with pytest.raises(ValueError):
+        template_text(16)
+    with pytest.raises(ValueError):
+        make_ioi_dataset(4, templates=[0])
+
+
+def test_template_lengths(tok):
+    lengths = {}
+    for t in range(1, 16):
+        for order in ORDERS:
+            d = make_ioi_dataset(6, templates=[t], orders=(order,), seed=t, tokenizer=tok)
+            assert d.lengths.unique().numel() == 1  # single-token words: one length per template
+            lengths[t, order] = int(d.lengths[0])
+            assert len(tok.encode(d.prompts[0])) == lengths[t, order]
+        assert lengths[t, "BABA"] == lengths[t, "ABBA"]
+    assert all(14 <= v <= 20 for v in lengths.values()), lengths
+    assert lengths[1, "BABA"] == 15
+    assert lengths[4, "BABA"] == 20
+    assert min(lengths.values()) == 14 and max(lengths.values()) == 20
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def test_all_template_order_pairs_present(clean):
+    pairs = Counter(zip(clean.template_ids.tolist(), clean.orders))
+    assert set(pairs) == {(t, o) for t in range(1, 16) for o in ORDERS}
+    assert set(pairs.values()) == {2}
+
+
+def _char_oracle(tok, prompt, order, io, s):
+    """Expected positions from character offsets (an independent route to the same answer)."""
+    enc = tok(prompt, return_offsets_mapping=True)
+    starts = [a for a, _ in enc["offset_mapping"]]
+    first, second = (s, io) if order == "BABA" else (io, s)
+    pair = f" {first} and {second}"
+    assert prompt.count(pair) == 1
+    first_char = prompt.index(pair)
+    second_char = first_char + len(f" {first} and")
+    s1_char, io_char = (first_char, second_char) if order == "BABA" else (second_char, first_char)
+    s2_char = prompt.rindex(" " + s)
+    assert s2_char > max(s1_char, io_char)
+    return {k: starts.index(c) for k, c in (("IO", io_char), ("S1", s1_char), ("S2", s2_char))}
+
+
+def test_positions_point_at_the_right_tokens(tok, clean):
+    d = clean
+    assert set(d.positions) == set(POSITION_KEYS)
+    for i in range(len(d)):
+        toks = d.tokens[i]
+        p = {k: int(v[i]) for k, v in d.positions.items()}
+        io, s = d.io_names[i], d.s_names[i]
+        assert io != s
+        assert tok.decode(toks[p["IO"]]) == " " + io
+        assert tok.decode(toks[p["S1"]]) == " " + s
+        assert tok.decode(toks[p["S2"]]) == " " + s
+        assert int(toks[p["IO"]]) == int(d.io_tokens[i]) and int(toks[p["S2"]]) == int(d.s_tokens[i])
+        assert p["S1+1"] == p["S1"] + 1
+        assert p["S1"] < p["S2"] and p["IO"] < p["S2"]
+        if d.orders[i] == "BABA":
+            assert p["S1"] < p["IO"] and tok.decode(toks[p["S1+1"]]) == " and"
+        else:
+            assert p["IO"] < p["S1"]
+        # END is the last real token; the answer would follow it
+        assert p["END"] == int(d.lengths[i]) - 1
+        assert tok.decode(toks[p["END"]]) == " to"
+        with_answer = tok.encode(d.prompts[i] + " " + io)
+        assert with_answer[:-1] == toks[: p["END"] + 1].tolist()
+        assert with_answer[p["END"] + 1] == int(d.io_tokens[i])
+        assert (toks[p["END"] + 1:] == EOT).all()
+        assert {k: p[k] for k in ("IO", "S1", "S2")} == _char_oracle(tok, d.prompts[i], d.orders[i], io, s)
+        assert d.prompts[i].endswith(" to") and not d.prompts[i].endswith(" " + io)
+
+
+def test_tokens_and_mask_shapes(clean):
+    n, L = clean.tokens.shape
+    assert n == N_ALL and L == int(clean.lengths.max()) == 20
+    assert clean.tokens.dtype == torch.long and clean.io_tokens.shape == (n,)
+    assert torch.equal(clean.attention_mask.sum(1), clean.lengths)
+    assert clean.answer_tokens.shape == (n, 2)
+    for k in POSITION_KEYS:
+        assert clean.positions[k].shape == (n,) and clean.positions[k].dtype == torch.long
+
+
+# ----------------------------------------------------------------------------- p_ABC
+
+
+def test_corruption_changes_only_the_name_slots(tok, clean, corrupt):
+    assert corrupt.tokens.shape == clean.tokens.shape
+    assert torch.equal(corrupt.lengths, clean.lengths)
+    for k in POSITION_KEYS:
+        assert torch.equal(corrupt.positions[k], clean.positions[k])
+    slots = torch.zeros_like(clean.tokens, dtype=torch.bool)
+    for k in ("IO", "S1", "S2"):
+        slots[torch.arange(len(clean)), clean.positions[k]] = True
+    assert torch.equal(corrupt.tokens[~slots], clean.tokens[~slots])
+    assert (corrupt.tokens[slots] != clean.tokens[slots]).all()
+    for i in range(len(clean)):
+        x, y, z = (corrupt.slot_names[k][i] for k in ("IO", "S1", "S2"))
+        assert len({x, y, z}) == 3
+        assert not {x, y, z} & {clean.io_names[i], clean.s_names[i]}
+        for k, name in (("IO", x), ("S1", y), ("S2", z)):
+            assert tok.decode(corrupt.tokens[i, corrupt.positions[k][i]]) == " " + name
+        assert len(tok.encode(corrupt.prompts[i])) == int(clean.lengths[i])
+
+
+def test_corruption_keeps_template_and_clean_answers(clean, corrupt):
+    assert corrupt.corruption == "ABC" and clean.corruption is None
+    assert torch.equal(corrupt.io_tokens, clean.io_tokens) and torch.equal(corrupt.s_tokens, clean.s_tokens)
+    assert corrupt.io_names == clean.io_names and corrupt.s_names == clean.s_names
+    assert torch.equal(corrupt.template_ids, clean.template_ids) and corrupt.orders == clean.orders
+    assert corrupt.places == clean.places and corrupt.objects == clean.objects
+    assert not torch.equal(corrupt.slot_tokens["IO"], clean.io_tokens)
+
+
+def test_corruption_is_seeded(clean):
+    a, b, c = clean.corrupt_abc(seed=5), clean.corrupt_abc(seed=5), clean.corrupt_abc(seed=6)
+    assert a.prompts == b.prompts
+    assert a.prompts != c.prompts
+
+
+# ----------------------------------------------------------------------------- seeds, BOS, mixing
+
+
+def test_seeded_generation(tok):
+    a = make_ioi_dataset(40, seed=3, tokenizer=tok)
+    b = make_ioi_dataset(40, seed=3, tokenizer=tok)
+    c = make_ioi_dataset(40, seed=4, tokenizer=tok)
+    assert a.prompts == b.prompts and torch.equal(a.tokens, b.tokens)
+    assert a.prompts != c.prompts
+    assert sum(x != y for x, y in zip(a.prompts, c.prompts)) > 30
+
+
+def test_prepend_bos_shifts_by_one(tok, clean):
+    bos = make_ioi_dataset(N_ALL, seed=0, prepend_bos=True, tokenizer=tok)
+    assert bos.prompts == clean.prompts
+    assert (bos.tokens[:, 0] == EOT).all()
+    assert torch.equal(bos.tokens[:, 1:], clean.tokens)
+    assert torch.equal(bos.lengths, clean.lengths + 1)
+    for k in POSITION_KEYS:
+        assert torch.equal(bos.positions[k], clean.positions[k] + 1), k
+    cb = bos.corrupt_abc(seed=1)
+    assert torch.equal(cb.positions["S2"], bos.positions["S2"]) and (cb.tokens[:, 0] == EOT).all()
+
+
+def test_balanced_orders_and_template_subsets(tok):
+    d = make_ioi_dataset(101, templates=[2, 7, 13], seed=1, tokenizer=tok)
+    assert set(d.template_ids.tolist()) == {2, 7, 13}
+    counts = Counter(d.orders)
+    assert abs(counts["BABA"] - counts["ABBA"]) <= 1 and len(d) == 101
+    per_t = Counter(d.template_ids.tolist())
+    assert max(per_t.values()) - min(per_t.values()) <= 1
+    assert len(set(d.orders[:20])) == 2  # shuffled, not in blocks
+    only = make_ioi_dataset(10, orders=("ABBA",), seed=1, tokenizer=tok)
+    assert set(only.orders) == {"ABBA"}
+    assert (only.positions["IO"] < only.positions["S1"]).all()
+
+
+def test_groups(clean):
+    g = clean.groups()
+    assert sorted(g) == list(range(1, 16))
+    assert sorted(torch.cat(list(g.values())).tolist()) == list(range(N_ALL))
+    for t, idx in g.items():
+        assert (clean.template_ids[idx] == t).all()
+        for k in POSITION_KEYS:  # one template: one set of positions up to the order swap
+            assert clean.positions[k][idx].unique().numel() <= 2
+        assert clean.lengths[idx].unique().numel() == 1
+    go = clean.groups(by="template_order")
+    assert len(go) == 30 and all(len(v) == 2 for v in go.values())
+    sub = clean.subset(g[5])
+    assert set(sub.template_ids.tolist()) == {5} and sub.tokens.shape == (4, 15)
+
+
+def test_symmetric_twins(tok):
+    d = make_ioi_dataset(20, symmetric=True, seed=2, tokenizer=tok)
+    for i in range(0, 20, 2):
+        assert (d.io_names[i], d.s_names[i]) == (d.s_names[i + 1], d.io_names[i + 1])
+        assert d.orders[i] == d.orders[i + 1] and d.places[i] == d.places[i + 1]
+        assert int(d.template_ids[i]) == int(d.template_ids[i + 1])
+    with pytest.raises(ValueError):
+        make_ioi_dataset(5, symmetric=True, tokenizer=tok)
