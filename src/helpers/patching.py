@@ -354,6 +354,14 @@ def _direction(direction: str) -> str:
         ) from None
 
 
+def _target_and_source(model, clean_tokens, corrupted_tokens, direction: str):
+    """(target run's tokens on the model's device, source run's tokens) for ``direction``."""
+    clean, corrupt = _tokens(clean_tokens), _tokens(corrupted_tokens)
+    _check_pair(clean, corrupt)
+    target, source = (clean, corrupt) if _direction(direction) == "noising" else (corrupt, clean)
+    return target.to(model.cfg.device), source
+
+
 def _copies_per_run(model, batch: int, seq: int, copies: int | None) -> int:
     if copies is not None:
         return max(1, int(copies))
@@ -416,10 +424,7 @@ def patch_heads(
     ``positions`` (default all) in the target run. ``copies`` configurations share one
     forward pass (default: as many as fit a ~160 MB logits budget).
     """
-    clean, corrupt = _tokens(clean_tokens), _tokens(corrupted_tokens)
-    _check_pair(clean, corrupt)
-    target, source = (clean, corrupt) if _direction(direction) == "noising" else (corrupt, clean)
-    target = target.to(model.cfg.device)
+    target, source = _target_and_source(model, clean_tokens, corrupted_tokens, direction)
     batch, seq = target.shape
     heads = _as_heads(heads, model)
     layers = sorted({L for L, _ in heads})
@@ -458,10 +463,7 @@ def patch_resid_by_position(
     ``hook``: ``"resid_pre"`` (default), ``"resid_mid"`` or ``"resid_post"``. Positions are
     columns of the token tensor (the same for every prompt). Layers not asked for are ``NaN``.
     """
-    clean, corrupt = _tokens(clean_tokens), _tokens(corrupted_tokens)
-    _check_pair(clean, corrupt)
-    target, source = (clean, corrupt) if _direction(direction) == "noising" else (corrupt, clean)
-    target = target.to(model.cfg.device)
+    target, source = _target_and_source(model, clean_tokens, corrupted_tokens, direction)
     batch, seq = target.shape
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(L) for L in layers]
     names = {_resid_name(L, hook): L for L in layers}
@@ -500,10 +502,7 @@ def patch_resid_by_layer(
     At ``positions`` (default every position: then any single layer's ``resid_pre`` carries
     the whole source run, and the metric is the source's).
     """
-    clean, corrupt = _tokens(clean_tokens), _tokens(corrupted_tokens)
-    _check_pair(clean, corrupt)
-    target, source = (clean, corrupt) if _direction(direction) == "noising" else (corrupt, clean)
-    target = target.to(model.cfg.device)
+    target, source = _target_and_source(model, clean_tokens, corrupted_tokens, direction)
     batch, seq = target.shape
     layers = list(range(model.cfg.n_layers))
     names = {_resid_name(L, hook): L for L in layers}
