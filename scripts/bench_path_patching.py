@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sender-positions", choices=["all", "end"], default="all")
     parser.add_argument("--only", choices=["logits", "q", "both"], default="both")
+    parser.add_argument("--progress", action="store_true", help="tqdm progress bars (on stderr)")
     parser.add_argument("--sender-layers", default=None, help="comma-separated sender layers (default: all)")
     args = parser.parse_args()
     n = 10 if args.quick and args.n_prompts == 100 else args.n_prompts
@@ -94,7 +95,7 @@ def main() -> None:
 
     rows = []
     for label, kw in settings:
-        common = dict(senders=senders, sender_positions=sender_positions, **kw)
+        common = dict(senders=senders, sender_positions=sender_positions, progress=args.progress, **kw)
         t = time.perf_counter()
         ref = path_patch_reference(model, clean, corrupt, metric, **common)
         t_ref = time.perf_counter() - t
