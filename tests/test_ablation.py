@@ -14,6 +14,7 @@ from helpers.ablation import (
     node_mask,
     run_with_mean_ablation,
 )
+from helpers.metrics import logit_diff
 from helpers.patching import LogitDiffMetric, all_heads, capture
 
 
@@ -26,10 +27,16 @@ def test_f_of_m_is_the_models_metric_exactly(planted):
     means = head_means(m, planted.reference)
     with torch.no_grad():
         expected = _ld(planted)(m(planted.clean)).item()
-    assert circuit_score(m, planted.clean, _ld(planted), means) == expected
+    # equal up to float rounding: circuit_score unembeds only the END rows (logits_at_positions)
+    assert circuit_score(m, planted.clean, _ld(planted), means) == pytest.approx(expected, rel=1e-6, abs=1e-6)
     # the whole model as the circuit: nothing is outside it
     everything = {h: None for h in all_heads(m)}
-    assert circuit_score(m, planted.clean, _ld(planted), means, circuit=everything) == expected
+    assert circuit_score(m, planted.clean, _ld(planted), means, circuit=everything) == pytest.approx(
+        expected, rel=1e-6, abs=1e-6
+    )
+    # and the same as the plain metric on full logits when the metric is a bare callable
+    bare = lambda lg: logit_diff(lg, planted.answer, planted.wrong, planted.end)  # noqa: E731
+    assert circuit_score(m, planted.clean, bare, means) == expected
 
 
 def test_means_of_the_prompt_itself_change_nothing(planted):

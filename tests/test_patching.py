@@ -13,6 +13,7 @@ from helpers.patching import (
     PositionMetric,
     all_heads,
     capture,
+    logits_at_positions,
     patch_heads,
     patch_resid_by_layer,
     patch_resid_by_position,
@@ -202,6 +203,27 @@ def test_path_patch_senders_and_locality(planted):
     assert abs(sub[PLANTED] - full[PLANTED]) < 1e-5 and abs(sub[0, 2] - full[0, 2]) < 1e-5
 
 
+@pytest.mark.parametrize("kind", ["ld", "callable"])
+def test_path_patch_heads_after_the_metric_position_change_nothing(planted, kind):
+    """Senders only in the padding after END: pass D cannot change END, for head receivers too."""
+    m = planted.model
+    seq = planted.clean.shape[1]
+    after_end = torch.arange(seq)[None, :] > planted.end[:, None]
+    assert after_end.any() and not after_end.all(1).any()
+    corrupt = planted.corrupt.clone()
+    corrupt[after_end] = 1000  # the corrupted run differs after END as well
+    metric = _ld(planted) if kind == "ld" else (lambda lg: logit_diff(lg, planted.answer, planted.wrong, planted.end))
+    with torch.no_grad():
+        base = metric(m(planted.clean)).item()
+    kw = dict(receivers=[(2, 1), (1, 2)], receiver_input="kv", sender_positions=after_end)
+    fast = path_patch(m, planted.clean, corrupt, metric, **kw)
+    ref = path_patch_reference(m, planted.clean, corrupt, metric, **kw)
+    scored = ~ref.isnan()
+    assert torch.equal(fast.isnan(), ref.isnan()) and scored.any()
+    assert torch.allclose(fast[scored], torch.full_like(fast[scored], base), atol=1e-5)
+    assert torch.allclose(ref[scored], fast[scored], atol=1e-4)
+
+
 # ---------------------------------------------------------------- known answer
 
 
@@ -234,3 +256,26 @@ def test_all_heads_and_capture(planted):
     logits, acts = capture(m, planted.clean, ["blocks.1.attn.hook_z"])
     assert acts["blocks.1.attn.hook_z"].shape == (*planted.clean.shape, m.cfg.n_heads, m.cfg.d_head)
     assert torch.allclose(logits, m(planted.clean))
+
+
+def test_logits_at_positions_equals_full_logits_and_leaves_no_hooks(planted):
+    m = planted.model
+    with torch.no_grad():
+        full = m(planted.clean)
+    rows = torch.arange(len(planted.end))
+    at_end = logits_at_positions(m, planted.clean, planted.end)
+    assert at_end.shape == (len(planted.end), m.cfg.d_vocab)
+    assert torch.allclose(at_end, full[rows, planted.end], atol=1e-5, rtol=1e-5)
+    assert torch.allclose(logits_at_positions(m, planted.clean), full[:, -1], atol=1e-5, rtol=1e-5)
+    # with hooks: the same as the hooked full run
+    zero_head = [("blocks.2.attn.hook_z", lambda z, hook: z * 0)]
+    with torch.no_grad():
+        hooked = m.run_with_hooks(planted.clean, fwd_hooks=zero_head)
+    assert torch.allclose(logits_at_positions(m, planted.clean, planted.end, fwd_hooks=zero_head),
+                          hooked[rows, planted.end], atol=1e-5, rtol=1e-5)
+    # the early stop removed its hooks: a plain run is unchanged
+    assert all(not hp._forward_hooks for hp in m.hook_dict.values())
+    with torch.no_grad():
+        assert torch.equal(m(planted.clean), full)
+    with pytest.raises(ValueError, match="one per prompt"):
+        logits_at_positions(m, planted.clean, planted.end[:2])

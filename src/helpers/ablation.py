@@ -33,7 +33,18 @@ from typing import Any
 
 import torch
 
-from .patching import Head, _scalar, _tokens, _z, capture, position_mask
+from .patching import (
+    Head,
+    LogitDiffMetric,
+    PositionMetric,
+    _one_position_per_prompt,
+    _scalar,
+    _tokens,
+    _z,
+    capture,
+    logits_at_positions,
+    position_mask,
+)
 
 __all__ = [
     "head_means",
@@ -155,22 +166,13 @@ def node_mask(
     return mask
 
 
-@torch.no_grad()
-def run_with_mean_ablation(model, tokens, means: torch.Tensor, ablate: torch.Tensor) -> torch.Tensor:
-    """Logits of ``tokens`` with ``z`` replaced by ``means`` wherever ``ablate`` is True.
-
-    ``means``: ``[batch, seq, n_layers, n_heads, d_head]`` (from :func:`head_means`; a
-    leading dim of 1 broadcasts); ``ablate``: ``[batch, seq, n_layers, n_heads]`` bool.
-    With nothing to ablate, this is the plain forward pass (no hooks).
-    """
-    tokens = _tokens(tokens).to(model.cfg.device)
+def _ablation_hooks(model, tokens: torch.Tensor, means: torch.Tensor, ablate: torch.Tensor) -> list:
+    """``hook_z`` hooks that put ``means`` wherever ``ablate`` is True (none if nothing is)."""
     ablate = ablate.to(tokens.device)
     if tuple(ablate.shape[:2]) != tuple(tokens.shape):
         raise ValueError(f"ablate mask {tuple(ablate.shape)} does not match tokens {tuple(tokens.shape)}")
     if means.shape[1] != tokens.shape[1]:
         raise ValueError(f"means cover {means.shape[1]} positions, tokens have {tokens.shape[1]}")
-    if not ablate.any():
-        return model(tokens)
     fwd = []
     for L in range(model.cfg.n_layers):
         m = ablate[:, :, L]
@@ -181,7 +183,34 @@ def run_with_mean_ablation(model, tokens, means: torch.Tensor, ablate: torch.Ten
             return torch.where(_m[..., None], means[:, :, _L].to(z), z)
 
         fwd.append((_z(L), ablate_z))
-    return model.run_with_hooks(tokens, fwd_hooks=fwd)
+    return fwd
+
+
+@torch.no_grad()
+def run_with_mean_ablation(model, tokens, means: torch.Tensor, ablate: torch.Tensor) -> torch.Tensor:
+    """Logits of ``tokens`` with ``z`` replaced by ``means`` wherever ``ablate`` is True.
+
+    ``means``: ``[batch, seq, n_layers, n_heads, d_head]`` (from :func:`head_means`; a
+    leading dim of 1 broadcasts); ``ablate``: ``[batch, seq, n_layers, n_heads]`` bool.
+    With nothing to ablate, this is the plain forward pass (no hooks).
+    """
+    tokens = _tokens(tokens).to(model.cfg.device)
+    fwd = _ablation_hooks(model, tokens, means, ablate)
+    return model.run_with_hooks(tokens, fwd_hooks=fwd) if fwd else model(tokens)
+
+
+def _ablated_metric_logits(model, tokens, means, ablate, metric, copies: int = 1) -> torch.Tensor:
+    """What ``metric`` reads from the ablated run: for a :class:`LogitDiffMetric` or
+    :class:`PositionMetric`, only its row per prompt (``[batch, d_vocab]``, computed without
+    the full unembedding); for any other callable, the full logits. ``tokens`` holds
+    ``copies`` stacked copies of the metric's batch."""
+    tokens = _tokens(tokens).to(model.cfg.device)
+    fwd = _ablation_hooks(model, tokens, means, ablate)
+    if isinstance(metric, (LogitDiffMetric, PositionMetric)):
+        batch = tokens.shape[0] // copies
+        pos = _one_position_per_prompt(metric.positions, batch, tokens.shape[1]).repeat(copies)
+        return logits_at_positions(model, tokens, pos, fwd_hooks=fwd)
+    return model.run_with_hooks(tokens, fwd_hooks=fwd) if fwd else model(tokens)
 
 
 def _nodes_of(spec, circuit: Mapping | None) -> Mapping | None:
@@ -220,7 +249,7 @@ def circuit_score(
     else:
         keep = node_mask(circuit, model, batch, seq, named_positions=named_positions)
         ablate = ~(keep & ~removed)
-    return _scalar(metric(run_with_mean_ablation(model, tokens, means, ablate)))
+    return _scalar(metric(_ablated_metric_logits(model, tokens, means, ablate, metric)))
 
 
 @torch.no_grad()
@@ -234,13 +263,14 @@ def circuit_scores(
     circuit: Mapping[Head, Any] | None = None,
     named_positions: Mapping[str, Any] | None = None,
     logits_budget_bytes: float = 8e8,
+    tokens_per_pass: int = 16384,
 ) -> list[float]:
     """``[circuit_score(..., remove=r) for r in removals]``, several per forward pass.
 
     Each ablation configuration is a copy of the batch; copies are stacked along the batch
     dimension so that one forward pass reads the weights once for many configurations (on a
     CPU a small batch costs nearly as much as a large one). ``logits_budget_bytes`` caps the
-    logits of one pass. Same numbers as calling :func:`circuit_score` one by one.
+    logits of one pass and ``tokens_per_pass`` its size (memory). Same numbers as calling :func:`circuit_score` one by one.
     """
     tokens = _tokens(tokens)
     batch, seq = tokens.shape
@@ -249,14 +279,16 @@ def circuit_scores(
     for remove in removals:
         removed = node_mask(_nodes_of(remove, circuit), model, batch, seq, named_positions=named_positions)
         masks.append(removed if keep is None else ~(keep & ~removed))
-    per_pass = max(1, int(logits_budget_bytes // (batch * seq * model.cfg.d_vocab * 4)))
+    rows_per_copy = batch if isinstance(metric, (LogitDiffMetric, PositionMetric)) else batch * seq
+    per_pass = max(1, int(logits_budget_bytes // (rows_per_copy * model.cfg.d_vocab * 4)))
+    per_pass = min(per_pass, max(1, tokens_per_pass // (batch * seq)))
     scores: list[float] = []
     for start in range(0, len(masks), per_pass):
         chunk = masks[start : start + per_pass]
         n = len(chunk)
         stacked_means = means.expand(batch, *means.shape[1:]) if means.shape[0] == 1 else means
-        logits = run_with_mean_ablation(
-            model, tokens.repeat(n, 1), stacked_means.repeat(n, 1, 1, 1, 1), torch.cat(chunk)
+        logits = _ablated_metric_logits(
+            model, tokens.repeat(n, 1), stacked_means.repeat(n, 1, 1, 1, 1), torch.cat(chunk), metric, copies=n
         )
         for j in range(n):
             scores.append(_scalar(metric(logits[j * batch : (j + 1) * batch])))

@@ -48,11 +48,12 @@ sender positions, and there it is a function of that position's own residual. So
 computed by pushing the sender's output change through the later MLPs at those positions only,
 for many senders at once (positions where the clean and corrupted prompts agree so far are
 skipped: both runs are identical there). For head receivers, pass D is recomputed from the
-clean residual at the first receiver layer, only at positions from the first changed position
-on (earlier positions cannot change in a causal model), in chunks of senders; in the last
-layer only the keys/values of every position and the metric's own row are computed. Only the
-logits the metric needs are computed. The attention/MLP arithmetic is done from the model's own (folded,
-centred) weights ``W_Q, W_K, W_V, W_O, b_*, W_in, W_out, W_U``; a cheap self-check against the
+clean residual at the first receiver layer, for each prompt only on its own window of
+positions, from its first sender position (earlier positions cannot change in a causal model)
+to the metric's position (later ones cannot reach it), packed without padding and in chunks
+of senders; prompts with an empty window keep their clean value, and in the last layer only
+the metric's row is computed. Only the logits the metric needs are computed. The attention
+and MLP arithmetic is done from the model's own (folded, centred) weights ``W_Q, W_K, W_V, W_O, b_*, W_in, W_out, W_U``; a cheap self-check against the
 model's own activations runs first and raises if the model is not a GPT-2-style bridge in
 compatibility mode.
 
@@ -77,6 +78,7 @@ __all__ = [
     "position_mask",
     "all_heads",
     "capture",
+    "logits_at_positions",
     "run_with_patches",
     "patch_heads",
     "patch_resid_by_position",
@@ -133,14 +135,18 @@ class PositionMetric:
 
 
 def _metric_positions(metric, batch: int, seq: int) -> torch.Tensor:
-    pos = metric.positions
+    return _one_position_per_prompt(metric.positions, batch, seq)
+
+
+def _one_position_per_prompt(pos, batch: int, seq: int) -> torch.Tensor:
+    """``[batch]`` positions from ``None`` (the last), an int, or ``[batch]`` values."""
     if pos is None:
         return torch.full((batch,), seq - 1, dtype=torch.long)
     if isinstance(pos, int):
         return torch.full((batch,), pos % seq, dtype=torch.long)
     pos = torch.as_tensor(pos, dtype=torch.long).reshape(-1).cpu()
     if pos.numel() != batch:
-        raise ValueError(f"metric positions has {pos.numel()} entries for a batch of {batch}")
+        raise ValueError(f"positions has {pos.numel()} entries for a batch of {batch}: give one per prompt")
     return pos % seq
 
 
@@ -277,6 +283,39 @@ def capture(model, tokens, names: Iterable[str], *, fwd_hooks: Sequence = ()) ->
         hooks.append((name, save))
     logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
     return logits, store
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early (caught by :func:`logits_at_positions`)."""
+
+
+@torch.no_grad()
+def logits_at_positions(model, tokens, positions: Any = None, *, fwd_hooks: Sequence = ()) -> torch.Tensor:
+    """``[batch, d_vocab]``: the logits at one position per prompt, unembedding only those rows.
+
+    Equals ``model(tokens)`` read at ``positions`` (``[batch]``, an int, or ``None`` for the
+    last position) up to float rounding: the final LayerNorm and the unembedding act on each
+    position separately. The forward pass stops at the final LayerNorm's input, so the
+    ``[batch, seq, d_vocab]`` logits are never built; on IOI-sized prompts GPT-2's
+    unembedding is about 40% of a forward pass. ``fwd_hooks`` apply as in ``run_with_hooks``.
+    """
+    tokens = _tokens(tokens).to(model.cfg.device)
+    batch, seq = tokens.shape
+    store: dict[str, torch.Tensor] = {}
+
+    def grab(resid, hook):
+        store["resid"] = resid
+        raise _StopForward
+
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, ("ln_final.hook_in", grab)])
+    except _StopForward:
+        pass
+    if "resid" not in store:
+        raise RuntimeError("logits_at_positions: the model has no 'ln_final.hook_in' hook point")
+    pos = _one_position_per_prompt(positions, batch, seq).to(tokens.device)
+    rows = store["resid"][torch.arange(batch, device=tokens.device), pos]  # [batch, d_model]
+    return model.unembed(model.ln_final(rows[:, None]))[:, 0]
 
 
 def _source_acts(model, tokens, names) -> dict:
@@ -618,45 +657,81 @@ class _Weights:
         out = self._affine(x_normed, W.permute(1, 0, 2).reshape(d, -1), b.reshape(-1))
         return out.view(*x_normed.shape[:-1], W.shape[0], self.d_head)
 
-    def attn(self, L, x_pre, p0, k_prefix, v_prefix, overrides, query_rows=None):
-        """Attention output at query positions ``p0:`` of layer ``L``.
+    def attn(self, L, x, win: "_Window", k_clean, v_clean, overrides, end_only: bool = False):
+        """Attention output of layer ``L`` at the packed window rows of ``win``.
 
-        ``x_pre``: ``[n, S - p0, d]`` residual at those positions; ``k_prefix``/``v_prefix``:
-        ``[n or 1, p0, H, d_head]`` keys/values of the earlier positions; ``overrides``:
-        ``{(which, head): [n, S - p0, d_head]}`` values replacing the computed q/k/v.
-        ``query_rows`` (``[n]`` offsets into ``p0:``): only that query row per sequence is
-        computed and the output is ``[n, 1, d]`` (keys and values still cover every row).
+        ``x``: ``[s, R, d]`` residual (resid_pre) at the ``R`` window rows, for ``s`` copies
+        (senders); ``k_clean``/``v_clean``: ``[A, S, H, d_head]`` keys/values of the ``A``
+        prompts' whole sequences, kept where the window does not recompute them (before it);
+        ``overrides``: ``{(which, head): [s, R, d_head]}`` replacing the computed q/k/v.
+        Returns ``[s, R, d]``, or with ``end_only`` ``[s, A, d]`` at each prompt's last window
+        row only (keys and values still cover every row).
         """
-        n, t, _ = x_pre.shape
+        s, R, _ = x.shape
         H, dh = self.n_heads, self.d_head
+        A, S = k_clean.shape[:2]
         W, b = self.qkv_weights(L)
-        qkv = self._affine(self.ln(x_pre), W, b).view(n, t, 3, H, dh)
+        qkv = self._affine(self.ln(x), W, b).view(s, R, 3, H, dh)
         q, k, v = qkv.unbind(2)
         if overrides:
             q, k, v = q.clone(), k.clone(), v.clone()
             for (c, head), val in overrides.items():
                 {"q": q, "k": k, "v": v}[c][:, :, head] = val
-        if p0 > 0:
-            k = torch.cat([k_prefix.expand(n, -1, -1, -1), k], 1)
-            v = torch.cat([v_prefix.expand(n, -1, -1, -1), v], 1)
-        s = k.shape[1]
-        query_pos = torch.arange(p0, s, device=x_pre.device)[None, :].expand(n, -1)  # [n, t]
-        if query_rows is not None:
-            q = q[torch.arange(n, device=q.device), query_rows][:, None]  # [n, 1, H, dh]
-            query_pos = query_pos.gather(1, query_rows[:, None])
-            t = 1
-        scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) * self.scale  # [n, H, t, s]
-        allowed = torch.arange(s, device=x_pre.device)[None, None, :] <= query_pos[:, :, None]  # [n, t, s]
-        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-        z = torch.matmul(scores.softmax(-1), v.transpose(1, 2))  # [n, H, t, dh]
-        z = z.transpose(1, 2).reshape(n, t, H * dh)
+        k_all = k_clean[None].expand(s, -1, -1, -1, -1).clone()  # [s, A, S, H, dh]
+        v_all = v_clean[None].expand(s, -1, -1, -1, -1).clone()
+        k_all[:, win.rows, win.pos] = k
+        v_all[:, win.rows, win.pos] = v
+        if end_only:
+            q_pad = q[:, win.end][:, :, None]  # [s, A, 1, H, dh]
+            query_pos = win.pos[win.end][:, None]  # [A, 1]
+        else:
+            q_pad = q.new_zeros(s, A, win.t, H, dh)
+            q_pad[:, win.rows, win.cols] = q
+            query_pos = win.pos_pad  # [A, t]
+        scores = torch.matmul(q_pad.transpose(2, 3), k_all.permute(0, 1, 3, 4, 2)) * self.scale  # [s, A, H, t, S]
+        allowed = torch.arange(S, device=x.device)[None, None, :] <= query_pos[:, :, None]  # [A, t, S]
+        scores = scores.masked_fill(~allowed[None, :, None], float("-inf"))
+        z = torch.matmul(scores.softmax(-1), v_all.transpose(2, 3))  # [s, A, H, t, dh]
+        z = z.transpose(2, 3).reshape(s, A, -1, H * dh)  # [s, A, t, H·dh]
+        z = z[:, :, 0] if end_only else z[:, win.rows, win.cols]
         return self._affine(z, self.W_O[L].reshape(H * dh, -1), self.b_O[L])
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Ragged per-prompt windows of positions, packed into ``R`` rows.
+
+    Prompt ``a`` (of ``A``) covers positions ``first[a] .. first[a] + span[a] - 1``. Row ``r``
+    is prompt ``rows[r]``, window column ``cols[r]``, absolute position ``pos[r]``;
+    ``pos_pad`` ``[A, t]`` is the padded layout (positions clamped to the sequence);
+    ``end[a]`` is the row of prompt ``a``'s last position.
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    pos: torch.Tensor
+    pos_pad: torch.Tensor
+    end: torch.Tensor
+    t: int
+
+    @staticmethod
+    def build(first: torch.Tensor, span: torch.Tensor, seq: int) -> "_Window":
+        t = int(span.max())
+        offs = torch.arange(t, device=first.device)
+        valid = offs[None, :] < span[:, None]  # [A, t]
+        pos_pad = (first[:, None] + offs[None, :]).clamp(max=seq - 1)
+        rows, cols = valid.nonzero(as_tuple=True)  # row-major: each prompt's rows in order
+        end = torch.cumsum(span, 0) - 1
+        return _Window(rows, cols, pos_pad[rows, cols], pos_pad, end, t)
 
 
 def _self_check(w: _Weights, clean_acts, logits, layer: int, n: int = 4) -> None:
     """The manual arithmetic must reproduce the model's own activations; raise if not."""
     x = clean_acts[f"blocks.{layer}.hook_resid_pre"][:n]
-    out = w.attn(layer, x, 0, None, None, {})
+    n, seq = x.shape[:2]
+    win = _Window.build(torch.zeros(n, dtype=torch.long, device=x.device), torch.full((n,), seq, device=x.device), seq)
+    empty = x.new_zeros(n, seq, w.n_heads, w.d_head)
+    out = w.attn(layer, x.reshape(1, n * seq, -1), win, empty, empty, {}).view(n, seq, -1)
     mid = clean_acts[f"blocks.{layer}.hook_resid_mid"][:n]
     post = mid + w.mlp(layer, mid)
     final = clean_acts[f"blocks.{w.n_layers - 1}.hook_resid_post"][:n, -1]
@@ -934,25 +1009,54 @@ def path_patch(
         return out
 
     # ---- head receivers ----
+    # Pass D changes nothing before a prompt's first sender position, and (for metrics that
+    # read one position) nothing after its metric position matters: each prompt is recomputed
+    # only on its own window [first sender position, metric position], and prompts whose
+    # window is empty are left out (their metric rows are the clean ones).
     recv_layers = sorted({L for L, _ in recv})
-    p0 = int(sp.min()) if sp.numel() else seq - 1  # nothing before the first sender position changes
-    t = seq - p0
     clean_final = acts[f"blocks.{n_layers - 1}.hook_resid_post"]
+    first = torch.full((batch,), seq, dtype=torch.long, device=dev)
+    first = first.scatter_reduce(0, sb, sp, reduce="amin")
     if kind != "full":
         mpos = _metric_positions(metric, batch, seq).to(dev)
         rows = torch.arange(batch, device=dev)
-        late = mpos >= p0  # metric positions that pass D can change
+        last = mpos
         if kind == "ld":
             direction = (w.W_U[:, torch.as_tensor(metric.answer, device=dev)] - w.W_U[:, torch.as_tensor(metric.wrong, device=dev)]).T
             bias = w.b_U[torch.as_tensor(metric.answer, device=dev)] - w.b_U[torch.as_tensor(metric.wrong, device=dev)]
+    else:
+        last = torch.full((batch,), seq - 1, dtype=torch.long, device=dev)
+    active = (first <= last).nonzero(as_tuple=True)[0]  # [A] prompts pass D can change
+    n_act = len(active)
+    if n_act:
+        win = _Window.build(first[active], (last - first + 1)[active], seq)
+        win_rows, win_pos = active[win.rows], win.pos  # [R] prompt and position of each row
+
+    if n_act == 0:  # no sender position can reach a metric position: every score is the clean one
+        if kind == "full":
+            value = _scalar(metric(clean_logits))
+        else:
+            final = clean_final[rows, mpos]
+            if kind == "ld":
+                value = ((w.ln(final) * direction).sum(-1) + bias).mean().item()
+            else:
+                value = _scalar(metric.fn(w.ln(final) @ w.W_U + w.b_U))
+        for L, h in reachable:
+            out[L, h] = value
+        if progress_bar is not None:
+            progress_bar.update(len(reachable))
+            progress_bar.close()
+        return out
+
     for L, hs in groups.items():
         reach = [RL for RL in recv_layers if RL > L]
         start = reach[0]
-        per = max(1, budget // max(1, batch * t, len(sb)))
+        n_rows = len(win_rows)
+        per = max(1, budget // max(1, n_rows, len(sb)))
         if kind == "pos":
             per = min(per, max(1, int(2.5e7 // (batch * w.W_U.shape[1]))))
         if kind == "full":
-            per = min(per, max(1, int(4e7 // (batch * t * w.W_U.shape[1]))))
+            per = min(per, max(1, int(4e7 // (n_rows * w.W_U.shape[1]))))
         for i in range(0, len(hs), per):
             chunk = hs[i : i + per]
             s = len(chunk)
@@ -968,38 +1072,33 @@ def path_patch(
                     if QL != RL:
                         continue
                     for c in cs:
-                        base = acts[f"blocks.{RL}.attn.hook_{c}"][:, :, qh]  # [B, S, dh]
-                        val = base[None].repeat(s, 1, 1, 1)
+                        val = acts[f"blocks.{RL}.attn.hook_{c}"][:, :, qh][None].repeat(s, 1, 1, 1)  # [s, B, S, dh]
                         val[:, sb, sp] = w.proj(RL, normed, c, [qh])[..., 0, :]
-                        layer_over[(c, qh)] = val[:, :, p0:].reshape(s * batch, t, -1)
+                        layer_over[(c, qh)] = val[:, win_rows, win_pos]  # [s, R, dh]
                 overrides[RL] = layer_over
-            # pass D from the first reachable receiver layer, positions p0 onwards
-            x = acts[f"blocks.{start}.hook_resid_pre"][:, p0:].repeat(s, 1, 1)
+            # pass D from the first reachable receiver layer, on the windows' rows only
+            x = acts[f"blocks.{start}.hook_resid_pre"][win_rows, win_pos][None].repeat(s, 1, 1)  # [s, R, d]
             for RL in range(start, n_layers):
-                k_pre = acts[f"blocks.{RL}.attn.hook_k"][:, :p0].repeat(s, 1, 1, 1)
-                v_pre = acts[f"blocks.{RL}.attn.hook_v"][:, :p0].repeat(s, 1, 1, 1)
-                # Receivers' keys/values before p0 are clean in pass C too: k_pre/v_pre hold them.
+                k_clean = acts[f"blocks.{RL}.attn.hook_k"][active]  # [A, S, H, dh]
+                v_clean = acts[f"blocks.{RL}.attn.hook_v"][active]
                 if RL == n_layers - 1 and kind != "full":
                     # last layer: only the metric's row per prompt is read afterwards
-                    seq_rows = (mpos - p0).clamp(min=0).repeat(s)
-                    x_row = x[torch.arange(s * batch, device=dev), seq_rows][:, None]
-                    x_row = x_row + w.attn(RL, x, p0, k_pre, v_pre, overrides.get(RL, {}), query_rows=seq_rows)
-                    x_row = x_row + w.mlp(RL, x_row)
-                    final_rows = x_row.view(s, batch, -1)
+                    x_end = x[:, win.end]  # [s, A, d]
+                    x_end = x_end + w.attn(RL, x, win, k_clean, v_clean, overrides.get(RL, {}), end_only=True)
+                    final_rows = x_end + w.mlp(RL, x_end)
                     break
-                x = x + w.attn(RL, x, p0, k_pre, v_pre, overrides.get(RL, {}))
+                x = x + w.attn(RL, x, win, k_clean, v_clean, overrides.get(RL, {}))
                 x = x + w.mlp(RL, x)
             if kind == "full":
-                x = x.view(s, batch, t, -1)
-                lg_rows = w.ln(x) @ w.W_U + w.b_U  # [s, B, t, vocab]
+                lg_rows = w.ln(x) @ w.W_U + w.b_U  # [s, R, vocab]
                 values = []
                 for j in range(s):
                     full = clean_logits.clone()
-                    full[:, p0:] = lg_rows[j]
+                    full[win_rows, win_pos] = lg_rows[j]
                     values.append(_scalar(metric(full)))
             else:
-                final = clean_final[rows, mpos][None].repeat(s, 1, 1)
-                final[:, late] = final_rows[:, late]
+                final = clean_final[rows, mpos][None].repeat(s, 1, 1)  # [s, B, d]
+                final[:, active] = final_rows
                 if kind == "ld":
                     values = ((w.ln(final) * direction).sum(-1) + bias).mean(-1).tolist()
                 else:
