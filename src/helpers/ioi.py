@@ -14,8 +14,10 @@ Choices, stated once here and again where they bite:
   puts token 50256 first and shifts every position by one.
 * **Templates.** All 15 templates of the paper's App. E (Fig. 14), kept as data in
   :data:`BABA_TEMPLATES`, each usable in BABA order (as the paper writes them) and ABBA order
-  (first [B] and first [A] swapped). The paper's official ``"mixed"`` default sampled only
-  templates 1-7; here the default is all 15 and ``templates=`` picks any subset.
+  (first [B] and first [A] swapped). The wordings were checked word for word against the
+  ``BABA_TEMPLATES`` list of the paper's dataset code (Easy-Transformer's ``ioi_dataset.py``,
+  also in ACDC). The paper's official ``"mixed"`` default sampled only templates 1-7; here the
+  default is all 15 and ``templates=`` picks any subset.
 * **Names.** :data:`NAMES` is the book's own list of 100 common English first names (50 + 50),
   not the paper's list of 99 nor ARENA's 109. Places and objects are the 8 + 8 words that all
   the public IOI code uses. Every word must be one GPT-2 token with a leading space; this is
