@@ -271,6 +271,7 @@ def circuit_scores(
     named_positions: Mapping[str, Any] | None = None,
     logits_budget_bytes: float = 8e8,
     tokens_per_pass: int = 2048,
+    progress: bool = False,
 ) -> list[float]:
     """``[circuit_score(..., remove=r) for r in removals]``, several per forward pass.
 
@@ -279,7 +280,8 @@ def circuit_scores(
     CPU a small batch costs nearly as much as a large one). ``logits_budget_bytes`` caps the
     logits of one pass and ``tokens_per_pass`` its size: small batches (a few prompts) are
     stacked, while 100 IOI prompts (2,000 tokens) run one configuration per pass, which was
-    fastest on a 2-core CPU (8 per pass took 1.8× as long). Same numbers as calling :func:`circuit_score` one by one.
+    fastest on a 2-core CPU (8 per pass took 1.8× as long). ``progress`` shows a tqdm bar.
+    Same numbers as calling :func:`circuit_score` one by one.
     """
     tokens = _tokens(tokens)
     batch, seq = tokens.shape
@@ -292,7 +294,12 @@ def circuit_scores(
     per_pass = max(1, int(logits_budget_bytes // (rows_per_copy * model.cfg.d_vocab * 4)))
     per_pass = min(per_pass, max(1, tokens_per_pass // (batch * seq)))
     scores: list[float] = []
-    for start in range(0, len(masks), per_pass):
+    starts = range(0, len(masks), per_pass)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"{len(masks)} ablation configurations")
+    for start in starts:
         chunk = masks[start : start + per_pass]
         n = len(chunk)
         logits = _ablated_metric_logits(model, tokens.repeat(n, 1), means, torch.cat(chunk), metric, copies=n)
