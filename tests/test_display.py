@@ -64,3 +64,15 @@ def test_heads_heatmap_is_titled_and_labelled():
     assert fig.layout.xaxis.title.text == "Head" and fig.layout.yaxis.title.text == "Layer"
     marker = fig.data[1]
     assert list(marker.x) == [9, 0] and list(marker.y) == [9, 10] and marker.name == "Name Mover"
+
+
+def test_scatter_names_points_and_draws_the_diagonal_over_the_data():
+    from helpers import scatter
+
+    fig = scatter([1.0, 3.0], [2.0, -1.0], ["a", "b"], title="F(C\\K) vs F(M\\K)", xaxis="F(M \\ K)",
+                  yaxis="F(C \\ K)", diagonal=True)
+    assert fig.layout.title.text == "F(C\\K) vs F(M\\K)" and fig.layout.xaxis.title.text == "F(M \\ K)"
+    points, diag = fig.data
+    assert list(points.text) == ["a", "b"] and list(points.y) == [2.0, -1.0]
+    assert diag.x[0] == diag.y[0] < -1.0 and diag.x[1] == diag.y[1] > 3.0  # covers every point
+    assert len(scatter([1.0], [1.0], ["a"], title="t", xaxis="x", yaxis="y").data) == 1

@@ -20,7 +20,7 @@ from .models import (
     pick_device,
     resolve_model_name,
 )
-from .plotting import bar, head_label, heads_heatmap, line, parse_head, setup_plotting
+from .plotting import bar, head_label, heads_heatmap, line, parse_head, scatter, setup_plotting
 from .project import COLAB_INSTALL_SPEC, REPOSITORY_URL
 from .scorecard import Reference, Scorecard
 

@@ -53,9 +53,9 @@ positions, from its first sender position (earlier positions cannot change in a 
 to the metric's position (later ones cannot reach it), packed without padding and in chunks
 of senders; prompts with an empty window keep their clean value, and in the last layer only
 the metric's row is computed. Only the logits the metric needs are computed. The attention
-and MLP arithmetic is done from the model's own (folded, centred) weights ``W_Q, W_K, W_V, W_O, b_*, W_in, W_out, W_U``; a cheap self-check against the
-model's own activations runs first and raises if the model is not a GPT-2-style bridge in
-compatibility mode.
+and MLP arithmetic is done from the model's own (folded, centred) weights ``W_Q, W_K, W_V,
+W_O, b_*, W_in, W_out, W_U``; a cheap self-check against the model's own activations runs
+first and raises if the model is not a GPT-2-style bridge in compatibility mode.
 
 Prompts in a batch must have equal length (right-pad with any token: a causal model never
 looks right, so padding after a prompt's END changes nothing up to END).
@@ -1030,10 +1030,6 @@ def path_patch(
         last = torch.full((batch,), seq - 1, dtype=torch.long, device=dev)
     active = (first <= last).nonzero(as_tuple=True)[0]  # [A] prompts pass D can change
     n_act = len(active)
-    if n_act:
-        win = _Window.build(first[active], (last - first + 1)[active], seq)
-        win_rows, win_pos = active[win.rows], win.pos  # [R] prompt and position of each row
-
     if n_act == 0:  # no sender position can reach a metric position: every score is the clean one
         if kind == "full":
             value = _scalar(metric(clean_logits))
@@ -1049,11 +1045,13 @@ def path_patch(
             progress_bar.update(len(reachable))
             progress_bar.close()
         return out
+    win = _Window.build(first[active], (last - first + 1)[active], seq)
+    win_rows, win_pos = active[win.rows], win.pos  # [R] prompt and position of each row
+    n_rows = len(win_rows)
 
     for L, hs in groups.items():
         reach = [RL for RL in recv_layers if RL > L]
         start = reach[0]
-        n_rows = len(win_rows)
         per = max(1, budget // max(1, n_rows, len(sb)))
         if kind == "pos":
             per = min(per, max(1, int(2.5e7 // (batch * w.W_U.shape[1]))))

@@ -32,6 +32,7 @@ __all__ = [
     "heads_heatmap",
     "bar",
     "line",
+    "scatter",
 ]
 
 BOOK_RENDERER = "notebook_connected"
@@ -152,5 +153,25 @@ def line(values, labels: Sequence[str] | None = None, *, title: str, xaxis: str,
     for i, row in enumerate(y):
         fig.add_trace(go.Scatter(x=x, y=row, mode="lines+markers",
                                  name=names[i] if names else None, showlegend=bool(names)))
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis)
+    return fig
+
+
+def scatter(x, y, labels: Sequence[str], *, title: str, xaxis: str, yaxis: str,
+            diagonal: bool = False) -> go.Figure:
+    """A titled, labelled scatter plot with one named point per label.
+
+    ``diagonal=True`` draws the line y = x across the data's range, for plots where a point
+    on it means "the two measurements agree" (e.g. completeness: F(C \\ K) against F(M \\ K)).
+    """
+    xs, ys = _to_numpy(x), _to_numpy(y)
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers+text", text=list(labels),
+                               textposition="top center", showlegend=False,
+                               hovertemplate="%{text}<br>x %{x:.3f}<br>y %{y:.3f}<extra></extra>"))
+    if diagonal and len(xs):
+        lo, hi = float(min(xs.min(), ys.min())), float(max(xs.max(), ys.max()))
+        pad = 0.05 * (hi - lo or 1.0)
+        fig.add_trace(go.Scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines",
+                                 line=dict(dash="dot", color="grey"), name="y = x", hoverinfo="skip"))
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis)
     return fig
