@@ -279,3 +279,23 @@ def test_logits_at_positions_equals_full_logits_and_leaves_no_hooks(planted):
         assert torch.equal(m(planted.clean), full)
     with pytest.raises(ValueError, match="one per prompt"):
         logits_at_positions(m, planted.clean, planted.end[:2])
+
+
+def test_path_patch_shared_cache_gives_the_same_scores(planted):
+    m, metric = planted.model, _ld(planted)
+    bare = lambda lg: logit_diff(lg, planted.answer, planted.wrong, planted.end)  # noqa: E731
+    calls = [
+        dict(receivers="logits", sender_positions=planted.end),
+        dict(receivers=[(2, 1)], receiver_input="q", sender_positions=planted.end),
+        dict(receivers=[(1, 2), (2, 3)], receiver_input="kv"),
+    ]
+    cache: dict = {}
+    for kw in calls:
+        for mtr in (metric, bare):
+            alone = path_patch(m, planted.clean, planted.corrupt, mtr, **kw)
+            shared = path_patch(m, planted.clean, planted.corrupt, mtr, cache=cache, **kw)
+            assert torch.equal(alone.isnan(), shared.isnan())
+            assert torch.allclose(alone[~alone.isnan()], shared[~shared.isnan()], atol=1e-6)
+    assert torch.equal(cache["clean_tokens"], planted.clean)
+    with pytest.raises(ValueError, match="other clean/corrupted tokens"):
+        path_patch(m, planted.corrupt, planted.clean, metric, cache=cache)

@@ -725,8 +725,11 @@ class _Window:
         return _Window(rows, cols, pos_pad[rows, cols], pos_pad, end, t)
 
 
-def _self_check(w: _Weights, clean_acts, logits, layer: int, n: int = 4) -> None:
-    """The manual arithmetic must reproduce the model's own activations; raise if not."""
+def _self_check(w: _Weights, clean_acts, last_logits, layer: int, n: int = 4) -> None:
+    """The manual arithmetic must reproduce the model's own activations; raise if not.
+
+    ``last_logits``: ``[>= n, d_vocab]`` the model's logits at the last position of the first
+    prompts."""
     x = clean_acts[f"blocks.{layer}.hook_resid_pre"][:n]
     n, seq = x.shape[:2]
     win = _Window.build(torch.zeros(n, dtype=torch.long, device=x.device), torch.full((n,), seq, device=x.device), seq)
@@ -740,7 +743,7 @@ def _self_check(w: _Weights, clean_acts, logits, layer: int, n: int = 4) -> None
         "attention": (x + out - mid).abs().max().item() / (mid.abs().max().item() + 1e-6),
         "mlp": (post - clean_acts[f"blocks.{layer}.hook_resid_post"][:n]).abs().max().item()
         / (post.abs().max().item() + 1e-6),
-        "unembed": (lg - logits[:n, -1]).abs().max().item() / (lg.abs().max().item() + 1e-6),
+        "unembed": (lg - last_logits[:n]).abs().max().item() / (lg.abs().max().item() + 1e-6),
     }
     bad = {k: v for k, v in errs.items() if not v < 1e-3}
     if bad:
@@ -776,6 +779,47 @@ def _prepare(model, clean_tokens, corrupted_tokens, receivers, receiver_input, s
         last = max(L for L, _ in recv)
     reachable = [(L, h) for L, h in senders if L < last]
     return clean, corrupt, recv, senders, reachable, smask
+
+
+def _path_patch_captures(model, clean, corrupt, first_sender_layer, first_recv, *, need_logits, cache):
+    """Clean activations, corrupted ``hook_z``, and (if ``need_logits``) the clean logits.
+
+    With ``cache=None`` only what this call needs is captured. With a dict, the first call
+    captures what any call could need (every layer's z, resid_pre, resid_mid, resid_post, q,
+    k, v) and stores it with the tokens; later calls with the same tokens reuse it.
+    """
+    n_layers = model.cfg.n_layers
+    zs = [_z(L) for L in range(n_layers)]
+    if cache is None:
+        names = zs + [f"blocks.{L}.hook_resid_pre" for L in range(n_layers)]
+        names += [f"blocks.{L}.hook_resid_mid" for L in range(n_layers)]
+        names += [f"blocks.{first_sender_layer}.hook_resid_post", f"blocks.{n_layers - 1}.hook_resid_post"]
+        names += [f"blocks.{L}.attn.hook_{c}" for L in range(first_recv, n_layers) for c in "qkv"]
+        logits, acts = capture(model, clean, names)
+        acts["last_logits"] = logits[:, -1].clone()  # not a view: the full logits can be freed
+        _, corrupt_acts = capture(model, corrupt, zs)
+        return acts, corrupt_acts, logits if need_logits else None
+    if not isinstance(cache, dict):
+        raise TypeError(f"cache must be a dict (start with cache={{}}) or None, got {type(cache).__name__}")
+    if cache:
+        same = torch.equal(cache["clean_tokens"], clean) and torch.equal(cache["corrupted_tokens"], corrupt)
+        if not same:
+            raise ValueError(
+                "This path-patching cache was filled from other clean/corrupted tokens. Use one "
+                "cache dict per pair of token batches (e.g. cache={} for a new pair)."
+            )
+    else:
+        names = zs + [f"blocks.{L}.hook_{r}" for L in range(n_layers) for r in ("resid_pre", "resid_mid", "resid_post")]
+        names += [f"blocks.{L}.attn.hook_{c}" for L in range(n_layers) for c in "qkv"]
+        logits, acts = capture(model, clean, names)
+        acts["last_logits"] = logits[:, -1].clone()  # not a view: the full logits can be freed
+        _, corrupt_acts = capture(model, corrupt, zs)
+        cache.update(clean_tokens=clean, corrupted_tokens=corrupt, clean=acts, corrupted=corrupt_acts)
+        if need_logits:
+            cache["clean_logits"] = logits
+    if need_logits and "clean_logits" not in cache:
+        cache["clean_logits"] = model(clean)
+    return cache["clean"], cache["corrupted"], cache.get("clean_logits") if need_logits else None
 
 
 # --------------------------------------------------------------------------------------
@@ -880,6 +924,7 @@ def path_patch(
     named_positions: Mapping[str, Any] | None = None,
     chunk_tokens: int | None = None,
     progress: bool = False,
+    cache: dict | None = None,
 ) -> torch.Tensor:
     """``[n_layers, n_heads]``: path-patching score of each sender head (Wang et al. App. B).
 
@@ -898,6 +943,9 @@ def path_patch(
         chunk_tokens: sequences × positions processed at once per chunk of senders (default
             512: on a 2-core CPU, 100 IOI prompts ran fastest one or a few senders at a time;
             chunks of 16384 were up to 1.6× slower, not faster).
+        cache: ``None`` (default), or a dict shared by several calls on the same clean and
+            corrupted tokens (``cache = {}``; then ``path_patch(..., cache=cache)`` each time):
+            the two runs' activations are captured once instead of once per call.
 
     Returns the metric of pass D per sender; ``NaN`` for senders at or after the last
     receiver layer (no path) and for heads not in ``senders``. Equals
@@ -917,19 +965,11 @@ def path_patch(
     kind = "ld" if isinstance(metric, LogitDiffMetric) else "pos" if isinstance(metric, PositionMetric) else "full"
 
     first_sender_layer = min(L for L, _ in reachable)
-    names = [_z(L) for L in range(n_layers)]
-    names += [f"blocks.{L}.hook_resid_pre" for L in range(n_layers)]
-    names += [f"blocks.{L}.hook_resid_mid" for L in range(n_layers)]
-    names += [f"blocks.{first_sender_layer}.hook_resid_post", f"blocks.{n_layers - 1}.hook_resid_post"]
-    if recv is not None:
-        first_recv = min(L for L, _ in recv)
-        for L in range(first_recv, n_layers):
-            names += [f"blocks.{L}.attn.hook_{c}" for c in "qkv"]
-    clean_logits, acts = capture(model, clean, names)
-    _, corrupt_acts = capture(model, corrupt, [_z(L) for L in range(n_layers)])
-    _self_check(w, acts, clean_logits, first_sender_layer)
-    if kind != "full":
-        clean_logits = None  # not needed: free it
+    first_recv = n_layers if recv is None else min(L for L, _ in recv)
+    acts, corrupt_acts, clean_logits = _path_patch_captures(
+        model, clean, corrupt, first_sender_layer, first_recv, need_logits=kind == "full", cache=cache
+    )
+    _self_check(w, acts, acts["last_logits"], first_sender_layer)
 
     # The sender's change of output, at the sender positions (flattened (prompt, pos) pairs).
     # Where clean and corrupted prompts agree up to a position, both runs are the same there
