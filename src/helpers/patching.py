@@ -790,16 +790,7 @@ def _path_patch_captures(model, clean, corrupt, first_sender_layer, first_recv, 
     """
     n_layers = model.cfg.n_layers
     zs = [_z(L) for L in range(n_layers)]
-    if cache is None:
-        names = zs + [f"blocks.{L}.hook_resid_pre" for L in range(n_layers)]
-        names += [f"blocks.{L}.hook_resid_mid" for L in range(n_layers)]
-        names += [f"blocks.{first_sender_layer}.hook_resid_post", f"blocks.{n_layers - 1}.hook_resid_post"]
-        names += [f"blocks.{L}.attn.hook_{c}" for L in range(first_recv, n_layers) for c in "qkv"]
-        logits, acts = capture(model, clean, names)
-        acts["last_logits"] = logits[:, -1].clone()  # not a view: the full logits can be freed
-        _, corrupt_acts = capture(model, corrupt, zs)
-        return acts, corrupt_acts, logits if need_logits else None
-    if not isinstance(cache, dict):
+    if cache is not None and not isinstance(cache, dict):
         raise TypeError(f"cache must be a dict (start with cache={{}}) or None, got {type(cache).__name__}")
     if cache:
         same = torch.equal(cache["clean_tokens"], clean) and torch.equal(cache["corrupted_tokens"], corrupt)
@@ -809,11 +800,19 @@ def _path_patch_captures(model, clean, corrupt, first_sender_layer, first_recv, 
                 "cache dict per pair of token batches (e.g. cache={} for a new pair)."
             )
     else:
-        names = zs + [f"blocks.{L}.hook_{r}" for L in range(n_layers) for r in ("resid_pre", "resid_mid", "resid_post")]
-        names += [f"blocks.{L}.attn.hook_{c}" for L in range(n_layers) for c in "qkv"]
+        if cache is None:  # only what this call needs
+            names = zs + [f"blocks.{L}.hook_{r}" for L in range(n_layers) for r in ("resid_pre", "resid_mid")]
+            names += [f"blocks.{first_sender_layer}.hook_resid_post", f"blocks.{n_layers - 1}.hook_resid_post"]
+            qkv_layers = range(first_recv, n_layers)
+        else:  # what any later call could need
+            names = zs + [f"blocks.{L}.hook_{r}" for L in range(n_layers) for r in ("resid_pre", "resid_mid", "resid_post")]
+            qkv_layers = range(n_layers)
+        names += [f"blocks.{L}.attn.hook_{c}" for L in qkv_layers for c in "qkv"]
         logits, acts = capture(model, clean, names)
         acts["last_logits"] = logits[:, -1].clone()  # not a view: the full logits can be freed
         _, corrupt_acts = capture(model, corrupt, zs)
+        if cache is None:
+            return acts, corrupt_acts, logits if need_logits else None
         cache.update(clean_tokens=clean, corrupted_tokens=corrupt, clean=acts, corrupted=corrupt_acts)
         if need_logits:
             cache["clean_logits"] = logits
@@ -999,6 +998,32 @@ def path_patch(
                 kept[L + 1] = x
         return x, kept
 
+    rows = torch.arange(batch, device=dev)
+    mpos = _metric_positions(metric, batch, seq).to(dev) if kind != "full" else None
+    if kind == "ld":
+        answer, wrong = (torch.as_tensor(t, device=dev) for t in (metric.answer, metric.wrong))
+        direction = (w.W_U[:, answer] - w.W_U[:, wrong]).T  # [B, d]
+        bias = w.b_U[answer] - w.b_U[wrong]
+
+    def score(final, b_idx=None, p_idx=None) -> list[float]:
+        """The metric of ``s`` runs from their final-residual rows ``[s, m, d]``.
+
+        "ld"/"pos": the rows are each prompt's metric row, in prompt order (only the logits
+        the metric reads are computed). "full": the rows sit at ``(b_idx, p_idx)`` and replace
+        the clean logits there.
+        """
+        if kind == "ld":
+            return ((w.ln(final) * direction).sum(-1) + bias).mean(-1).tolist()
+        lg = w.ln(final) @ w.W_U + w.b_U
+        if kind == "pos":
+            return [_scalar(metric.fn(lg[j])) for j in range(len(lg))]
+        values = []
+        for j in range(len(lg)):
+            full = clean_logits.clone()
+            full[b_idx, p_idx] = lg[j]
+            values.append(_scalar(metric(full)))
+        return values
+
     budget = _token_budget(chunk_tokens)
     groups = _group_senders(reachable)
     progress_bar = None
@@ -1008,11 +1033,6 @@ def path_patch(
         progress_bar = tqdm(total=len(reachable), desc="path patching")
 
     if recv is None:
-        mpos = _metric_positions(metric, batch, seq).to(dev) if kind != "full" else None
-        rows = torch.arange(batch, device=dev)
-        if kind == "ld":
-            direction = (w.W_U[:, torch.as_tensor(metric.answer, device=dev)] - w.W_U[:, torch.as_tensor(metric.wrong, device=dev)]).T
-            bias = w.b_U[torch.as_tensor(metric.answer, device=dev)] - w.b_U[torch.as_tensor(metric.wrong, device=dev)]
         for L, hs in groups.items():
             if kind == "full":
                 b_idx, p_idx, sel = sb, sp, None
@@ -1029,20 +1049,7 @@ def path_patch(
                 delta = sender_delta(L, chunk, b_idx, p_idx, sel)
                 x_mid = acts[f"blocks.{L}.hook_resid_mid"][b_idx, p_idx][None] + delta
                 final, _ = propagate(x_mid, L, n_layers, b_idx, p_idx)
-                if kind == "ld":
-                    ld = (w.ln(final) * direction).sum(-1) + bias
-                    values = ld.mean(-1).tolist()
-                elif kind == "pos":
-                    lg = w.ln(final) @ w.W_U + w.b_U
-                    values = [_scalar(metric.fn(lg[j])) for j in range(len(chunk))]
-                else:
-                    lg_rows = w.ln(final) @ w.W_U + w.b_U  # [s, m, vocab]
-                    values = []
-                    for j in range(len(chunk)):
-                        full = clean_logits.clone()
-                        full[b_idx, p_idx] = lg_rows[j]
-                        values.append(_scalar(metric(full)))
-                for h, v in zip(chunk, values):
+                for h, v in zip(chunk, score(final, b_idx, p_idx)):
                     out[L, h] = v
                 if progress_bar is not None:
                     progress_bar.update(len(chunk))
@@ -1059,26 +1066,11 @@ def path_patch(
     clean_final = acts[f"blocks.{n_layers - 1}.hook_resid_post"]
     first = torch.full((batch,), seq, dtype=torch.long, device=dev)
     first = first.scatter_reduce(0, sb, sp, reduce="amin")
-    if kind != "full":
-        mpos = _metric_positions(metric, batch, seq).to(dev)
-        rows = torch.arange(batch, device=dev)
-        last = mpos
-        if kind == "ld":
-            direction = (w.W_U[:, torch.as_tensor(metric.answer, device=dev)] - w.W_U[:, torch.as_tensor(metric.wrong, device=dev)]).T
-            bias = w.b_U[torch.as_tensor(metric.answer, device=dev)] - w.b_U[torch.as_tensor(metric.wrong, device=dev)]
-    else:
-        last = torch.full((batch,), seq - 1, dtype=torch.long, device=dev)
+    last = mpos if kind != "full" else torch.full((batch,), seq - 1, dtype=torch.long, device=dev)
     active = (first <= last).nonzero(as_tuple=True)[0]  # [A] prompts pass D can change
     n_act = len(active)
     if n_act == 0:  # no sender position can reach a metric position: every score is the clean one
-        if kind == "full":
-            value = _scalar(metric(clean_logits))
-        else:
-            final = clean_final[rows, mpos]
-            if kind == "ld":
-                value = ((w.ln(final) * direction).sum(-1) + bias).mean().item()
-            else:
-                value = _scalar(metric.fn(w.ln(final) @ w.W_U + w.b_U))
+        value = _scalar(metric(clean_logits)) if kind == "full" else score(clean_final[rows, mpos][None])[0]
         for L, h in reachable:
             out[L, h] = value
         if progress_bar is not None:
@@ -1130,20 +1122,11 @@ def path_patch(
                 x = x + w.attn(RL, x, win, k_clean, v_clean, overrides.get(RL, {}))
                 x = x + w.mlp(RL, x)
             if kind == "full":
-                lg_rows = w.ln(x) @ w.W_U + w.b_U  # [s, R, vocab]
-                values = []
-                for j in range(s):
-                    full = clean_logits.clone()
-                    full[win_rows, win_pos] = lg_rows[j]
-                    values.append(_scalar(metric(full)))
+                values = score(x, win_rows, win_pos)  # every window row
             else:
                 final = clean_final[rows, mpos][None].repeat(s, 1, 1)  # [s, B, d]
                 final[:, active] = final_rows
-                if kind == "ld":
-                    values = ((w.ln(final) * direction).sum(-1) + bias).mean(-1).tolist()
-                else:
-                    lg = w.ln(final) @ w.W_U + w.b_U
-                    values = [_scalar(metric.fn(lg[j])) for j in range(s)]
+                values = score(final)
             for h, v in zip(chunk, values):
                 out[L, h] = v
             if progress_bar is not None:
