@@ -21,7 +21,10 @@ from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+
 import plotly.io as pio
+
+from .circuits import head_label, parse_head
 
 __all__ = [
     "BOOK_RENDERER",
@@ -58,19 +61,6 @@ def setup_plotting() -> str:
     pio.renderers.default = renderer
     pio.templates.default = TEMPLATE
     return renderer
-
-
-def head_label(layer: int, head: int) -> str:
-    """Heads are named ``L.H`` as the papers do (``9.9`` is layer 9, head 9)."""
-    return f"{layer}.{head}"
-
-
-def parse_head(label: str | tuple[int, int]) -> tuple[int, int]:
-    """``"9.9"`` or ``(9, 9)`` → ``(9, 9)``."""
-    if isinstance(label, tuple):
-        return int(label[0]), int(label[1])
-    layer, head = str(label).split(".")
-    return int(layer), int(head)
 
 
 def _to_numpy(values) -> np.ndarray:
