@@ -1,9 +1,8 @@
-"""Benchmark: fast path patching (helpers.patching.path_patch) vs the plain reference.
+"""Benchmark: fast path patching (helpers.path_patch) vs the plain reference.
 
 Runs both implementations, one after the other in one process, on the GPT-2-small stand-in
 (GPT-2's architecture with seeded random weights; no network), on IOI prompts (p_IOI vs
-p_ABC) when ``helpers.ioi`` is available, otherwise on seeded random tokens with three
-swapped "name" slots. Two receiver settings:
+p_ABC). Two receiver settings:
 
 1. the final residual stream (logits), every one of the 144 heads a sender;
 2. the queries of name-mover-style heads 9.9, 9.6 and 10.0 (senders in layers 10-11 have no
@@ -13,7 +12,7 @@ Senders are patched at every position by default (``--sender-positions end`` for
 The metric is the logit difference IO - S at END, as a ``LogitDiffMetric``. Prints the wall
 time of each implementation, the ratio fast/reference, and the max abs difference.
 
-    cd /work/main && PYTHONPATH=src .venv/bin/python scripts/bench_path_patching.py
+    .venv/bin/python scripts/bench_path_patching.py   # from the repository root (make bench)
     ... scripts/bench_path_patching.py --quick          # 10 prompts, 5 sender layers
     ... scripts/bench_path_patching.py --n-prompts 50
 """
@@ -32,28 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from helpers.models import load_model  # noqa: E402
-from helpers.patching import LogitDiffMetric, all_heads, path_patch, path_patch_reference  # noqa: E402
+from helpers import LogitDiffMetric, all_heads, load_model, path_patch, path_patch_reference  # noqa: E402
+from helpers.cases.ioi import make_ioi_dataset  # noqa: E402
 
 
 def make_prompts(n: int, seed: int):
-    """(clean, corrupted, answer, wrong, end, source) — IOI if available, else random tokens."""
-    try:
-        from helpers.ioi import make_ioi_dataset
-
-        ds = make_ioi_dataset(n, seed=seed)
-        abc = ds.corrupt_abc(seed=seed + 1)
-        return ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, ds.positions["END"], "IOI p_IOI vs p_ABC"
-    except ImportError:
-        g = torch.Generator().manual_seed(seed)
-        seq = 16
-        clean = torch.randint(1000, 40000, (n, seq), generator=g)
-        corrupt = clean.clone()
-        names = torch.randint(1000, 40000, (n, 3), generator=g)
-        corrupt[:, [2, 4, 10]] = names
-        answer, wrong = clean[:, 2], clean[:, 4]
-        end = torch.full((n,), seq - 1)
-        return clean, corrupt, answer, wrong, end, "random tokens (helpers.ioi not found)"
+    """(clean, corrupted, answer, wrong, end): IOI prompts p_IOI and their p_ABC twins."""
+    ds = make_ioi_dataset(n, seed=seed)
+    abc = ds.corrupt_abc(seed=seed + 1)
+    return ds.tokens, abc.tokens, ds.io_tokens, ds.s_tokens, ds.positions["END"]
 
 
 def main() -> None:
@@ -72,8 +58,8 @@ def main() -> None:
     t0 = time.perf_counter()
     model = load_model("gpt2-small", weights="random", seed=args.seed, device="cpu")
     print(f"model: gpt2-small stand-in (random weights, seed {args.seed}), loaded in {time.perf_counter() - t0:.1f} s")
-    clean, corrupt, answer, wrong, end, source = make_prompts(n, args.seed)
-    print(f"prompts: {n} x {clean.shape[1]} tokens, {source}; torch threads: {torch.get_num_threads()}")
+    clean, corrupt, answer, wrong, end = make_prompts(n, args.seed)
+    print(f"prompts: {n} x {clean.shape[1]} tokens, IOI p_IOI vs p_ABC; torch threads: {torch.get_num_threads()}")
     metric = LogitDiffMetric(answer, wrong, end)
     senders = all_heads(model)
     layers = (0, 3, 6, 9, 11) if args.quick else None

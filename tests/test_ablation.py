@@ -4,18 +4,18 @@ import pytest
 import torch
 
 from conftest_patching import PLANTED, planted  # noqa: F401  (fixture)
-from helpers.ablation import (
+from helpers import (
     CircuitEvaluator,
+    LogitDiffMetric,
+    all_heads,
+    capture,
     circuit_score,
-    completeness,
-    faithfulness,
     head_means,
-    minimality,
+    hook_name,
+    logit_diff,
     node_mask,
     run_with_mean_ablation,
 )
-from helpers.metrics import logit_diff
-from helpers.patching import LogitDiffMetric, all_heads, capture
 
 
 def _ld(task):
@@ -57,8 +57,8 @@ def test_group_means_are_per_group_position_means(planted):
     ref = planted.reference
     groups = torch.tensor([0, 1, 0, 1, 0, 1])
     means = head_means(m, ref, groups, batch_size=4)  # two batches
-    _, acts = capture(m, ref, [f"blocks.{L}.attn.hook_z" for L in range(m.cfg.n_layers)])
-    z = torch.stack([acts[f"blocks.{L}.attn.hook_z"] for L in range(m.cfg.n_layers)], 2)
+    _, acts = capture(m, ref, [hook_name("z", L) for L in range(m.cfg.n_layers)])
+    z = torch.stack([acts[hook_name("z", L)] for L in range(m.cfg.n_layers)], 2)
     for g in (0, 1):
         expected = z[groups == g].mean(0)
         for i in (groups == g).nonzero().flatten():
@@ -89,7 +89,7 @@ def test_planted_circuit_is_faithful_and_its_complement_is_not(planted):
     means = head_means(m, planted.reference)
     named = {"END": planted.end}
     circuit = {PLANTED: "END"}
-    f = faithfulness(m, planted.clean, metric, means, circuit, named_positions=named)
+    f = CircuitEvaluator(m, planted.clean, metric, means, circuit, named_positions=named).faithfulness()
     assert f["F_M"] > 5
     assert f["ratio"] > 0.8 and f["gap"] < 0.2 * f["F_M"]
     # every other head at every position, but not the planted one: the answer is gone
@@ -111,7 +111,7 @@ def test_completeness_and_minimality(planted):
     named = {"END": planted.end}
     full = {h: None for h in all_heads(m)}
     # C = M: F(C \ K) = F(M \ K) for any K, so the completeness gap is 0
-    c = completeness(m, planted.clean, metric, means, full, [(1, 1), PLANTED], named_positions=named)
+    c = CircuitEvaluator(m, planted.clean, metric, means, full, named_positions=named).completeness([(1, 1), PLANTED])
     assert c["gap"] < 1e-5 and abs(c["F_M_minus_K"]) < 0.5 * abs(circuit_score(m, planted.clean, metric, means))
     # the planted circuit plus one filler head: the filler is not minimal, the planted head is
     circuit = {PLANTED: "END", (0, 3): None}
@@ -120,12 +120,16 @@ def test_completeness_and_minimality(planted):
     filler_v = ev.minimality((0, 3))
     assert planted_v["score"] > 10 * filler_v["score"]
     assert planted_v["F_C_minus_K"] == pytest.approx(ev.F(circuit=True))
-    # functional and class forms agree
+    # F(C) by the evaluator equals circuit_score; minimality's F(C \ K) is F(C \ K)
     assert ev.faithfulness()["F_C"] == pytest.approx(
-        faithfulness(m, planted.clean, metric, means, circuit, named_positions=named)["F_C"]
+        circuit_score(m, planted.clean, metric, means, circuit=circuit, named_positions=named)
     )
-    mk = minimality(m, planted.clean, metric, means, circuit, (0, 3), [PLANTED], named_positions=named)
+    mk = ev.minimality((0, 3), [PLANTED])
     assert mk["F_C_minus_K"] == pytest.approx(ev.F(circuit=True, remove=[PLANTED]))
+    # the batched scores equal one-by-one F values
+    assert ev.scores([[PLANTED], None], circuit=True) == pytest.approx(
+        [ev.F(circuit=True, remove=[PLANTED]), ev.F(circuit=True)], abs=1e-5
+    )
     # completeness with K = the planted head, from the class
     comp = ev.completeness([PLANTED])
     assert comp["F_M_minus_K"] == pytest.approx(ev.F(remove=[PLANTED]))
@@ -140,7 +144,7 @@ def test_k_nodes_are_the_circuit_positions_of_k(planted):
     named = {"END": planted.end}
     circuit = {PLANTED: "END", (1, 1): [1, 3]}
     K = [(1, 1)]
-    c = completeness(m, planted.clean, metric, means, circuit, K, named_positions=named)
+    c = CircuitEvaluator(m, planted.clean, metric, means, circuit, named_positions=named).completeness(K)
     # F(M \ K): only head 1.1 at positions 1 and 3 ablated
     mk = torch.zeros(b, s, m.cfg.n_layers, m.cfg.n_heads, dtype=torch.bool)
     mk[:, [1, 3], 1, 1] = True
@@ -159,7 +163,7 @@ def test_k_nodes_are_the_circuit_positions_of_k(planted):
 
 
 def test_batched_circuit_scores_equal_one_by_one(planted):
-    from helpers.ablation import circuit_score, circuit_scores, head_means
+    from helpers import circuit_scores
 
     m, A, B = planted.model, planted.clean, planted.corrupt
     metric = LogitDiffMetric(planted.answer, planted.wrong, planted.end)
@@ -167,7 +171,7 @@ def test_batched_circuit_scores_equal_one_by_one(planted):
     circuit = {(1, 0): None, (0, 1): None}
     removals = [None, [(1, 0)], [(0, 1)], [(1, 0), (0, 1)], [(0, 0)]]
     one_by_one = [circuit_score(m, A, metric, means, circuit=circuit, remove=r) for r in removals]
-    batched = circuit_scores(m, A, metric, means, removals, circuit=circuit, logits_budget_bytes=1)
+    batched = circuit_scores(m, A, metric, means, removals, circuit=circuit, batch_tokens=1)
     assert batched == pytest.approx(one_by_one, abs=1e-5)
     assert len(set(round(x, 4) for x in one_by_one)) > 1  # the removals really differ
     batched_all = circuit_scores(m, A, metric, means, removals, circuit=circuit)

@@ -1,4 +1,5 @@
-"""Activation patching and path patching (helpers.patching) on a tiny planted GPT-2."""
+"""Activation patching and path patching (helpers.patching, helpers.path_patching) on a tiny
+planted GPT-2."""
 
 import math
 
@@ -6,10 +7,10 @@ import pytest
 import torch
 
 from conftest_patching import PLANTED, planted  # noqa: F401  (fixture)
-from helpers.attribution import dla_by_head
-from helpers.metrics import logit_diff
-from helpers.patching import (
+from helpers import (
     LogitDiffMetric,
+    dla_by_head,
+    logit_diff,
     PositionMetric,
     all_heads,
     capture,
@@ -93,7 +94,7 @@ def test_patch_resid_by_layer_both_directions(planted):
 def test_patch_resid_by_position(planted):
     m, A, B = planted.model, planted.clean, planted.corrupt
     metric = _ld(planted)
-    out = patch_resid_by_position(m, A, B, metric, copies=4)
+    out = patch_resid_by_position(m, A, B, metric, batch_tokens=4 * A.numel())
     assert out.shape == (m.cfg.n_layers, A.shape[1])
     with torch.no_grad():
         fa, fb = metric(m(A)).item(), metric(m(B)).item()
@@ -113,7 +114,7 @@ def test_patch_heads_matches_direct_runs(planted, direction):
     metric = _ld(planted)
     target, source = (A, B) if direction == "corrupted->clean" else (B, A)
     for positions in (None, planted.end):
-        out = patch_heads(m, A, B, metric, direction=direction, positions=positions, copies=5)
+        out = patch_heads(m, A, B, metric, direction=direction, positions=positions, batch_tokens=5 * A.numel())
         assert out.shape == (m.cfg.n_layers, m.cfg.n_heads)
         for head in [(0, 1), (1, 3), PLANTED]:
             direct = metric(run_with_patches(m, target, source, heads=[head], positions=positions))
@@ -279,23 +280,3 @@ def test_logits_at_positions_equals_full_logits_and_leaves_no_hooks(planted):
         assert torch.equal(m(planted.clean), full)
     with pytest.raises(ValueError, match="one per prompt"):
         logits_at_positions(m, planted.clean, planted.end[:2])
-
-
-def test_path_patch_shared_cache_gives_the_same_scores(planted):
-    m, metric = planted.model, _ld(planted)
-    bare = lambda lg: logit_diff(lg, planted.answer, planted.wrong, planted.end)  # noqa: E731
-    calls = [
-        dict(receivers="logits", sender_positions=planted.end),
-        dict(receivers=[(2, 1)], receiver_input="q", sender_positions=planted.end),
-        dict(receivers=[(1, 2), (2, 3)], receiver_input="kv"),
-    ]
-    cache: dict = {}
-    for kw in calls:
-        for mtr in (metric, bare):
-            alone = path_patch(m, planted.clean, planted.corrupt, mtr, **kw)
-            shared = path_patch(m, planted.clean, planted.corrupt, mtr, cache=cache, **kw)
-            assert torch.equal(alone.isnan(), shared.isnan())
-            assert torch.allclose(alone[~alone.isnan()], shared[~shared.isnan()], atol=1e-6)
-    assert torch.equal(cache["clean_tokens"], planted.clean)
-    with pytest.raises(ValueError, match="other clean/corrupted tokens"):
-        path_patch(m, planted.corrupt, planted.clean, metric, cache=cache)

@@ -1,13 +1,27 @@
 """Circuit Casebook's shared helpers.
 
-Thin and generic: loading GPT-2 (real or stand-in), metrics, attribution, plotting,
-circuitsvis views, scorecards. Paper-specific reasoning lives in the chapters.
+Generic and tested: loading GPT-2 (real or stand-in), prompt sets, circuits, hooks, metrics,
+activation and path patching, mean ablation and circuit evaluation, attribution, head-level
+analyses, plotting, circuitsvis views, scorecards. Everything public is importable from
+here. What only one paper needs (its prompt builder, published numbers and circuit) lives in
+``helpers.cases.<chapter slug>``; generic modules never import from there.
 """
 
+from .ablation import CircuitEvaluator, circuit_score, circuit_scores, head_means, run_with_mean_ablation
+from .attribution import dla, dla_by_head, dla_by_layer
 from .circuits import Circuit, Head, head_label, parse_head
-from .attribution import dla, dla_by_head, dla_by_layer, dla_by_neuron, logit_diff_direction
 from .display import attention_view, model_banner, setup_notebook, show_attention
-from .metrics import accuracy, answer_prob, logit_diff, logits_at, normalized_metric
+from .heads import attention_between, copy_score, format_heads, ov_logits, top_heads
+from .hooks import (
+    all_heads,
+    as_heads,
+    capture,
+    folded_layer_norm,
+    hook_name,
+    logits_at_positions,
+    position_mask,
+)
+from .metrics import LogitDiffMetric, PositionMetric, answer_prob, logit_diff, logits_at, normalized_metric
 from .models import (
     SUPPORTED_MODELS,
     CasebookError,
@@ -21,9 +35,18 @@ from .models import (
     pick_device,
     resolve_model_name,
 )
+from .path_patching import path_patch, path_patch_reference
+from .patching import (
+    node_mask,
+    patch_heads,
+    patch_resid_by_layer,
+    patch_resid_by_position,
+    replace_z_hooks,
+    run_with_patches,
+)
 from .plotting import bar, heads_heatmap, line, scatter, setup_plotting
-from .prompts import PAD_TOKEN_ID, PromptSet, check_single_tokens, tokenize
 from .project import COLAB_INSTALL_SPEC, REPOSITORY_URL
+from .prompts import PAD_TOKEN_ID, PromptSet, check_single_tokens, tokenize
 from .scorecard import Reference, Scorecard
 
 __version__ = "0.1.0"

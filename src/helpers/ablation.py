@@ -6,9 +6,10 @@
   layout; the paper's ``mean_by_groups``).
 * :func:`run_with_mean_ablation`: a hooked run replacing chosen (prompt, position, layer,
   head) entries of ``z`` by those means.
-* Circuits. A circuit (or any set of nodes) is a dict ``{(layer, head): positions}``; the
+* Circuits. A circuit (or any set of nodes) is a :class:`~helpers.circuits.Circuit` or a
+  dict ``{(layer, head): positions}``; the
   positions are those the head keeps (``None`` = all positions; otherwise any form accepted
-  by :func:`helpers.patching.position_mask`: an int, a ``[batch]`` tensor of one position
+  by :func:`helpers.hooks.position_mask`: an int, a ``[batch]`` tensor of one position
   per prompt, ``[batch, k]``, a bool mask, a name such as ``"END"`` looked up in
   ``named_positions``, or a list of these). A *node* is one (head, position) pair. In
   F(C) every node outside C is mean-ablated, including the circuit heads at their other
@@ -33,28 +34,16 @@ from typing import Any
 
 import torch
 
-from .patching import (
-    Head,
-    LogitDiffMetric,
-    PositionMetric,
-    _one_position_per_prompt,
-    _scalar,
-    _tokens,
-    _z,
-    capture,
-    logits_at_positions,
-    position_mask,
-)
+from .circuits import Circuit, Head
+from .hooks import as_tokens, capture, hook_name, logits_at_positions, one_position_per_prompt
+from .metrics import LogitDiffMetric, PositionMetric, metric_scalar
+from .patching import node_mask, replace_z_hooks
 
 __all__ = [
     "head_means",
-    "node_mask",
     "run_with_mean_ablation",
     "circuit_score",
     "circuit_scores",
-    "faithfulness",
-    "completeness",
-    "minimality",
     "CircuitEvaluator",
 ]
 
@@ -103,7 +92,7 @@ def head_means(
     the ablated prompts are aligned with the reference ones (p_IOI and its p_ABC twin).
     ``target_groups`` (labels of other prompts) gives their groups' means instead.
     """
-    ref = _tokens(ref_tokens)
+    ref = as_tokens(ref_tokens)
     n_ref, seq = ref.shape
     labels = _group_labels(groups, n_ref)
     keys = list(dict.fromkeys(labels))
@@ -113,8 +102,8 @@ def head_means(
     sums = None
     for start in range(0, n_ref, batch_size):
         part = ref[start : start + batch_size]
-        _, acts = capture(model, part, [_z(L) for L in range(n_layers)])
-        z = torch.stack([acts[_z(L)] for L in range(n_layers)], dim=2).cpu()  # [b, seq, L, H, dh]
+        _, acts = capture(model, part, [hook_name("z", L) for L in range(n_layers)])
+        z = torch.stack([acts[hook_name("z", L)] for L in range(n_layers)], dim=2).cpu()  # [b, seq, L, H, dh]
         if sums is None:
             sums = torch.zeros((len(keys),) + tuple(z.shape[1:]), dtype=torch.float64)
         sums.index_add_(0, gid[start : start + batch_size], z.double())
@@ -140,59 +129,6 @@ def head_means(
 # --------------------------------------------------------------------------------------
 
 
-def node_mask(
-    nodes: Mapping[Head, Any] | Iterable[Head] | None,
-    model,
-    batch: int,
-    seq: int,
-    *,
-    named_positions: Mapping[str, Any] | None = None,
-) -> torch.Tensor:
-    """``[batch, seq, n_layers, n_heads]`` bool: True on the nodes of ``nodes``.
-
-    ``nodes``: ``{(layer, head): positions}`` (``None`` = all positions) or a list of heads
-    (all positions).
-    """
-    mask = torch.zeros(batch, seq, model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
-    if nodes is None:
-        return mask
-    if not isinstance(nodes, Mapping):
-        nodes = {tuple(h): None for h in nodes}
-    for (L, h), pos in nodes.items():
-        L, h = int(L), int(h)
-        if not (0 <= L < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
-            raise ValueError(f"Head {(L, h)} does not exist in this model")
-        mask[:, :, L, h] |= position_mask(pos, batch, seq, named_positions=named_positions)
-    return mask
-
-
-def _ablation_hooks(model, tokens: torch.Tensor, means: torch.Tensor, ablate: torch.Tensor, copies: int = 1) -> list:
-    """``hook_z`` hooks that put ``means`` wherever ``ablate`` is True (none if nothing is).
-
-    ``tokens`` and ``ablate`` may hold ``copies`` stacked copies of a batch that ``means``
-    (``[batch or 1, seq, ...]``) describes once; the means are broadcast, not copied.
-    """
-    ablate = ablate.to(tokens.device)
-    if tuple(ablate.shape[:2]) != tuple(tokens.shape):
-        raise ValueError(f"ablate mask {tuple(ablate.shape)} does not match tokens {tuple(tokens.shape)}")
-    if means.shape[1] != tokens.shape[1]:
-        raise ValueError(f"means cover {means.shape[1]} positions, tokens have {tokens.shape[1]}")
-    n, seq = tokens.shape
-    fwd = []
-    for L in range(model.cfg.n_layers):
-        m = ablate[:, :, L]
-        if not m.any():
-            continue
-        m = m.view(copies, n // copies, seq, -1, 1)
-
-        def ablate_z(z, hook, _L=L, _m=m):
-            shaped = z.view(_m.shape[:-1] + z.shape[-1:])  # [copies, batch, seq, H, dh]
-            return torch.where(_m, means[None, :, :, _L].to(z), shaped).view(z.shape)
-
-        fwd.append((_z(L), ablate_z))
-    return fwd
-
-
 @torch.no_grad()
 def run_with_mean_ablation(model, tokens, means: torch.Tensor, ablate: torch.Tensor) -> torch.Tensor:
     """Logits of ``tokens`` with ``z`` replaced by ``means`` wherever ``ablate`` is True.
@@ -201,8 +137,8 @@ def run_with_mean_ablation(model, tokens, means: torch.Tensor, ablate: torch.Ten
     leading dim of 1 broadcasts); ``ablate``: ``[batch, seq, n_layers, n_heads]`` bool.
     With nothing to ablate, this is the plain forward pass (no hooks).
     """
-    tokens = _tokens(tokens).to(model.cfg.device)
-    fwd = _ablation_hooks(model, tokens, means, ablate)
+    tokens = as_tokens(tokens).to(model.cfg.device)
+    fwd = replace_z_hooks(model, means, ablate)
     return model.run_with_hooks(tokens, fwd_hooks=fwd) if fwd else model(tokens)
 
 
@@ -211,11 +147,11 @@ def _ablated_metric_logits(model, tokens, means, ablate, metric, copies: int = 1
     :class:`PositionMetric`, only its row per prompt (``[batch, d_vocab]``, computed without
     the full unembedding); for any other callable, the full logits. ``tokens`` holds
     ``copies`` stacked copies of the metric's batch."""
-    tokens = _tokens(tokens).to(model.cfg.device)
-    fwd = _ablation_hooks(model, tokens, means, ablate, copies)
+    tokens = as_tokens(tokens).to(model.cfg.device)
+    fwd = replace_z_hooks(model, means, ablate, copies=copies)
     if isinstance(metric, (LogitDiffMetric, PositionMetric)):
         batch = tokens.shape[0] // copies
-        pos = _one_position_per_prompt(metric.positions, batch, tokens.shape[1]).repeat(copies)
+        pos = one_position_per_prompt(metric.positions, batch, tokens.shape[1]).repeat(copies)
         return logits_at_positions(model, tokens, pos, fwd_hooks=fwd)
     return model.run_with_hooks(tokens, fwd_hooks=fwd) if fwd else model(tokens)
 
@@ -240,7 +176,7 @@ def circuit_score(
     metric: Callable,
     means: torch.Tensor,
     *,
-    circuit: Mapping[Head, Any] | None = None,
+    circuit: Circuit | Mapping[Head, Any] | None = None,
     remove: Any = None,
     named_positions: Mapping[str, Any] | None = None,
 ) -> float:
@@ -248,15 +184,19 @@ def circuit_score(
 
     ``remove``: heads or a node dict (see the module docstring); ``None`` removes nothing.
     """
-    tokens = _tokens(tokens)
+    tokens = as_tokens(tokens)
     batch, seq = tokens.shape
+    circuit = circuit.nodes() if isinstance(circuit, Circuit) else circuit
     removed = node_mask(_nodes_of(remove, circuit), model, batch, seq, named_positions=named_positions)
     if circuit is None:
         ablate = removed
     else:
         keep = node_mask(circuit, model, batch, seq, named_positions=named_positions)
         ablate = ~(keep & ~removed)
-    return _scalar(metric(_ablated_metric_logits(model, tokens, means, ablate, metric)))
+    return metric_scalar(metric(_ablated_metric_logits(model, tokens, means, ablate, metric)))
+
+
+_LOGITS_BUDGET_BYTES = 8e8
 
 
 @torch.no_grad()
@@ -267,32 +207,32 @@ def circuit_scores(
     means: torch.Tensor,
     removals: list,
     *,
-    circuit: Mapping[Head, Any] | None = None,
+    circuit: Circuit | Mapping[Head, Any] | None = None,
     named_positions: Mapping[str, Any] | None = None,
-    logits_budget_bytes: float = 8e8,
-    tokens_per_pass: int = 2048,
+    batch_tokens: int = 2048,
     progress: bool = False,
 ) -> list[float]:
     """``[circuit_score(..., remove=r) for r in removals]``, several per forward pass.
 
     Each ablation configuration is a copy of the batch; copies are stacked along the batch
     dimension so that one forward pass reads the weights once for many configurations (on a
-    CPU a small batch costs nearly as much as a large one). ``logits_budget_bytes`` caps the
-    logits of one pass and ``tokens_per_pass`` its size: small batches (a few prompts) are
-    stacked, while 100 IOI prompts (2,000 tokens) run one configuration per pass, which was
-    fastest on a 2-core CPU (8 per pass took 1.8× as long). ``progress`` shows a tqdm bar.
+    CPU a small batch costs nearly as much as a large one). ``batch_tokens`` caps the tokens
+    of one pass: a few small prompts are stacked, 100 IOI prompts (2,000 tokens) run one
+    configuration per pass, which was fastest on a 2-core CPU. The logits of a pass are also
+    kept under ~800 MB. ``progress`` shows a tqdm bar.
     Same numbers as calling :func:`circuit_score` one by one.
     """
-    tokens = _tokens(tokens)
+    tokens = as_tokens(tokens)
     batch, seq = tokens.shape
+    circuit = circuit.nodes() if isinstance(circuit, Circuit) else circuit
     keep = None if circuit is None else node_mask(circuit, model, batch, seq, named_positions=named_positions)
     masks = []
     for remove in removals:
         removed = node_mask(_nodes_of(remove, circuit), model, batch, seq, named_positions=named_positions)
         masks.append(removed if keep is None else ~(keep & ~removed))
     rows_per_copy = batch if isinstance(metric, (LogitDiffMetric, PositionMetric)) else batch * seq
-    per_pass = max(1, int(logits_budget_bytes // (rows_per_copy * model.cfg.d_vocab * 4)))
-    per_pass = min(per_pass, max(1, tokens_per_pass // (batch * seq)))
+    per_pass = max(1, int(_LOGITS_BUDGET_BYTES // (rows_per_copy * model.cfg.d_vocab * 4)))
+    per_pass = min(per_pass, max(1, batch_tokens // (batch * seq)))
     scores: list[float] = []
     starts = range(0, len(masks), per_pass)
     if progress:
@@ -304,54 +244,32 @@ def circuit_scores(
         n = len(chunk)
         logits = _ablated_metric_logits(model, tokens.repeat(n, 1), means, torch.cat(chunk), metric, copies=n)
         for j in range(n):
-            scores.append(_scalar(metric(logits[j * batch : (j + 1) * batch])))
+            scores.append(metric_scalar(metric(logits[j * batch : (j + 1) * batch])))
         del logits
     return scores
 
 
-def faithfulness(model, tokens, metric, means, circuit, *, named_positions=None) -> dict:
-    """``{"F_M", "F_C", "gap" = |F(M) − F(C)|, "ratio" = F(C)/F(M)}``."""
-    f_m = circuit_score(model, tokens, metric, means, named_positions=named_positions)
-    f_c = circuit_score(model, tokens, metric, means, circuit=circuit, named_positions=named_positions)
-    return {"F_M": f_m, "F_C": f_c, "gap": abs(f_m - f_c), "ratio": f_c / f_m if f_m != 0 else float("nan")}
-
-
-def completeness(model, tokens, metric, means, circuit, K, *, named_positions=None) -> dict:
-    """``{"F_C_minus_K", "F_M_minus_K", "gap" = |F(C \\ K) − F(M \\ K)|}`` for K ⊆ C."""
-    kw = dict(remove=K, named_positions=named_positions)
-    f_ck = circuit_score(model, tokens, metric, means, circuit=circuit, **kw)
-    f_mk = circuit_score(model, tokens, metric, means, **{**kw, "remove": _nodes_of(K, circuit)})
-    return {"F_C_minus_K": f_ck, "F_M_minus_K": f_mk, "gap": abs(f_ck - f_mk)}
-
-
-def minimality(model, tokens, metric, means, circuit, v, K=(), *, named_positions=None) -> dict:
-    """``{"F_C_minus_K", "F_C_minus_K_v", "score" = |F(C \\ (K ∪ {v})) − F(C \\ K)|}``."""
-    k_nodes = dict(_nodes_of(K, circuit) or {})
-    kv_nodes = dict(k_nodes)
-    for key, pos in _nodes_of(v, circuit).items():
-        kv_nodes[key] = pos if key not in kv_nodes else [kv_nodes[key], pos]
-    f_k = circuit_score(model, tokens, metric, means, circuit=circuit, remove=k_nodes, named_positions=named_positions)
-    f_kv = circuit_score(model, tokens, metric, means, circuit=circuit, remove=kv_nodes, named_positions=named_positions)
-    return {"F_C_minus_K": f_k, "F_C_minus_K_v": f_kv, "score": abs(f_kv - f_k)}
-
-
 class CircuitEvaluator:
-    """The functions above with the model, prompts, metric, means and circuit bound once.
+    """Circuit evaluation (Wang et al. 2022, §4) with the model, prompts, metric, means and
+    circuit bound once.
 
     ``ev = CircuitEvaluator(model, ds.tokens, metric, head_means(model, abc.tokens,
     abc.groups()), circuit, named_positions=ds.positions)``; then ``ev.F()`` = F(M),
     ``ev.F(circuit=True)`` = F(C), ``ev.F(remove=K)`` = F(M \\ K),
-    ``ev.F(circuit=True, remove=K)``, ``ev.faithfulness()``, ``ev.completeness(K)``,
-    ``ev.minimality(v, K)``. F(M) is computed once and cached.
+    ``ev.F(circuit=True, remove=K)`` = F(C \\ K), ``ev.faithfulness()``,
+    ``ev.completeness(K)``, ``ev.minimality(v, K)``, and ``ev.scores(removals)`` for many
+    configurations in batched passes. ``circuit``: a :class:`~helpers.circuits.Circuit` or
+    ``{(layer, head): positions}``. F(M) is computed once and cached.
     """
 
     def __init__(self, model, tokens, metric, means, circuit, *, named_positions=None):
-        self.model, self.tokens, self.metric, self.means = model, _tokens(tokens), metric, means
-        self.circuit = dict(circuit)
+        self.model, self.tokens, self.metric, self.means = model, as_tokens(tokens), metric, means
+        self.circuit = circuit.nodes() if isinstance(circuit, Circuit) else dict(circuit)
         self.named_positions = named_positions
         self._f_m = None
 
     def F(self, *, circuit: bool = False, remove: Any = None) -> float:
+        """F(M) / F(C) without ``remove`` (heads, or ``{(layer, head): positions}`` nodes)."""
         if not circuit and remove is None:
             if self._f_m is None:
                 self._f_m = circuit_score(self.model, self.tokens, self.metric, self.means)
@@ -362,15 +280,31 @@ class CircuitEvaluator:
             circuit=self.circuit if circuit else None, remove=nodes, named_positions=self.named_positions,
         )
 
+    def scores(self, removals: list, *, circuit: bool = False, progress: bool = False) -> list[float]:
+        """``[F(C \\ r) or F(M \\ r) for r in removals]``, batched (see :func:`circuit_scores`)."""
+        return circuit_scores(
+            self.model, self.tokens, self.metric, self.means,
+            [_nodes_of(r, self.circuit) for r in removals],
+            circuit=self.circuit if circuit else None, named_positions=self.named_positions,
+            progress=progress,
+        )
+
     def faithfulness(self) -> dict:
+        """``{"F_M", "F_C", "gap" = |F(M) − F(C)|, "ratio" = F(C)/F(M)}``."""
         f_m, f_c = self.F(), self.F(circuit=True)
         return {"F_M": f_m, "F_C": f_c, "gap": abs(f_m - f_c), "ratio": f_c / f_m if f_m != 0 else float("nan")}
 
     def completeness(self, K) -> dict:
+        """``{"F_C_minus_K", "F_M_minus_K", "gap" = |F(C \\ K) − F(M \\ K)|}`` for K ⊆ C."""
         f_ck, f_mk = self.F(circuit=True, remove=K), self.F(remove=K)
         return {"F_C_minus_K": f_ck, "F_M_minus_K": f_mk, "gap": abs(f_ck - f_mk)}
 
     def minimality(self, v, K=()) -> dict:
-        return minimality(
-            self.model, self.tokens, self.metric, self.means, self.circuit, v, K, named_positions=self.named_positions
-        )
+        """``{"F_C_minus_K", "F_C_minus_K_v", "score" = |F(C \\ (K ∪ {v})) − F(C \\ K)|}``."""
+        k_nodes = dict(_nodes_of(K, self.circuit) or {})
+        kv_nodes = dict(k_nodes)
+        for key, pos in _nodes_of(v, self.circuit).items():
+            kv_nodes[key] = pos if key not in kv_nodes else [kv_nodes[key], pos]
+        f_k = self.F(circuit=True, remove=k_nodes)
+        f_kv = self.F(circuit=True, remove=kv_nodes)
+        return {"F_C_minus_K": f_k, "F_C_minus_K_v": f_kv, "score": abs(f_kv - f_k)}

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["logit_diff_direction", "dla", "dla_by_layer", "dla_by_head", "dla_by_neuron"]
+__all__ = ["dla", "dla_by_layer", "dla_by_head"]
 
 
-def logit_diff_direction(model, answer: torch.Tensor, wrong: torch.Tensor | None = None) -> torch.Tensor:
+def _logit_direction(model, answer: torch.Tensor, wrong: torch.Tensor | None = None) -> torch.Tensor:
     """``[batch, d_model]``: W_U[:, answer] − W_U[:, wrong] (just W_U[:, answer] if no wrong)."""
     answer = torch.as_tensor(answer, device=model.W_U.device).reshape(-1)
     direction = model.W_U[:, answer].T
@@ -70,7 +70,7 @@ def dla(
     scale = cache["ln_final.hook_scale"][rows, pos_index.to(stack.device)]  # [batch, 1]
     stack = stack - stack.mean(-1, keepdim=True)
     stack = stack / scale
-    direction = logit_diff_direction(model, answer, wrong).to(stack.device)
+    direction = _logit_direction(model, answer, wrong).to(stack.device)
     if direction.shape[0] == 1 and batch > 1:
         direction = direction.expand(batch, -1)
     contributions = (stack * direction).sum(-1)  # [component, batch]
@@ -88,11 +88,3 @@ def dla_by_head(model, cache, answer, wrong=None, positions=-1) -> torch.Tensor:
     values, labels = dla(model, cache, answer, wrong, positions, by="head")
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     return values[: n_layers * n_heads].reshape(n_layers, n_heads, -1)
-
-
-def dla_by_neuron(model, cache, answer, wrong=None, positions=-1) -> torch.Tensor:
-    """``[n_layers, d_mlp, batch]``: each MLP neuron's direct effect on the logit difference."""
-    values, labels = dla(model, cache, answer, wrong, positions, by="neuron")
-    n_layers, n_heads, d_mlp = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_mlp
-    start = n_layers * n_heads
-    return values[start : start + n_layers * d_mlp].reshape(n_layers, d_mlp, -1)

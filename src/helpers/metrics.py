@@ -1,4 +1,5 @@
-"""Task metrics on logits: logit difference, answer probability, accuracy, normalised score.
+"""Task metrics on logits: logit difference, answer probability, normalised score, and the
+metric objects that tell patching code which logits they read.
 
 Shapes: ``logits`` is ``[batch, seq, d_vocab]`` (or already ``[batch, d_vocab]`` at the
 answer position); ``answer``/``wrong`` are token ids ``[batch]``; ``positions`` is the
@@ -7,9 +8,23 @@ position to read per prompt ``[batch]`` (default: the last position).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["logits_at", "logit_diff", "answer_prob", "accuracy", "normalized_metric"]
+from .hooks import one_position_per_prompt
+
+__all__ = [
+    "logits_at",
+    "logit_diff",
+    "answer_prob",
+    "normalized_metric",
+    "LogitDiffMetric",
+    "PositionMetric",
+    "metric_positions",
+    "metric_scalar",
+]
 
 
 def logits_at(logits: torch.Tensor, positions: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -55,16 +70,6 @@ def answer_prob(
     return p.mean() if mean else p
 
 
-def accuracy(
-    logits: torch.Tensor,
-    answer: torch.Tensor,
-    wrong: torch.Tensor,
-    positions: torch.Tensor | int | None = None,
-) -> torch.Tensor:
-    """Share of prompts where the answer's logit beats the wrong token's."""
-    return (logit_diff(logits, answer, wrong, positions, mean=False) > 0).float().mean()
-
-
 def normalized_metric(patched, clean, corrupted) -> torch.Tensor | float:
     """(patched − clean) / (clean − corrupted): 0 = no effect, −1 = as bad as corrupted.
 
@@ -72,3 +77,53 @@ def normalized_metric(patched, clean, corrupted) -> torch.Tensor | float:
     (patched − corrupted)/(clean − corrupted), where 1 means clean.
     """
     return (patched - clean) / (clean - corrupted)
+
+
+@dataclass(frozen=True)
+class LogitDiffMetric:
+    """Mean over prompts of logit(answer) − logit(wrong) at one position per prompt.
+
+    ``answer``, ``wrong``: ``[batch]`` token ids; ``positions``: ``[batch]``, an int, or
+    ``None`` for the last position. Calling it on logits ``[batch, seq, d_vocab]`` equals
+    :func:`helpers.metrics.logit_diff`; :func:`helpers.path_patch` uses the fields to compute only
+    the two logits per prompt that it needs.
+    """
+
+    answer: torch.Tensor
+    wrong: torch.Tensor
+    positions: torch.Tensor | int | None = None
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return logit_diff(logits, self.answer, self.wrong, self.positions)
+
+
+@dataclass(frozen=True)
+class PositionMetric:
+    """``fn(logits at one position per prompt [batch, d_vocab]) -> scalar``.
+
+    E.g. ``PositionMetric(lambda lg: lg.softmax(-1)[rows, io].mean(), ds.positions["END"])``.
+    :func:`helpers.path_patch` computes the logits only at those positions.
+    """
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    positions: torch.Tensor | int | None = None
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.fn(logits_at(logits, self.positions))
+
+
+def metric_positions(metric, batch: int, seq: int) -> torch.Tensor:
+    """``[batch]``: the one position per prompt a metric object reads."""
+    return one_position_per_prompt(metric.positions, batch, seq)
+
+
+def metric_scalar(value) -> float:
+    """A metric's value as a float; a clear error if it is not one number."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"The metric must return a scalar, got a tensor of shape {tuple(value.shape)} "
+                f"(average over prompts, e.g. logit_diff(..., mean=True))."
+            )
+        return float(value.detach().float().item())
+    return float(value)

@@ -1,4 +1,5 @@
-"""Tests of the IOI prompt builder (helpers.ioi): offline, GPT-2's real tokenizer only."""
+"""The IOI case module (helpers.cases.ioi): the prompt builder on GPT-2's real tokenizer, the
+published numbers and the circuit as data."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from collections import Counter
 import pytest
 import torch
 
-from helpers.ioi import (
+from helpers import check_single_tokens
+from helpers.cases.ioi import (
     BABA_TEMPLATES,
+    IOI,
+    IOI_CIRCUIT,
     NAMES,
     OBJECTS,
     ORDERS,
     PLACES,
     POSITION_KEYS,
-    check_single_tokens,
     make_ioi_dataset,
     render_template,
     template_text,
@@ -302,3 +305,31 @@ def test_symmetric_twins(tok):
         assert int(d.template_ids[i]) == int(d.template_ids[i + 1])
     with pytest.raises(ValueError):
         make_ioi_dataset(5, symmetric=True, tokenizer=tok)
+
+
+# --------------------------------------------------------------------------- published numbers
+
+
+def test_ioi_circuit_has_26_heads_in_7_classes():
+    heads = IOI_CIRCUIT.heads()
+    assert len(IOI_CIRCUIT.classes) == 7 and len(heads) == 26 and len(set(heads)) == 26
+    assert all(0 <= layer < 12 and 0 <= head < 12 for layer, head in heads)
+    assert set(IOI_CIRCUIT.labels("name mover")) == {"9.9", "9.6", "10.0"}
+    assert set(IOI_CIRCUIT.labels("negative name mover")) == {"10.7", "11.10"}
+    assert "Wang et al. 2022" in IOI_CIRCUIT.source
+
+
+def test_every_class_keeps_a_named_position():
+    assert set(IOI_CIRCUIT.positions) == set(IOI_CIRCUIT.classes)
+    assert set(IOI_CIRCUIT.positions.values()) <= set(POSITION_KEYS)
+    # classes are causally ordered: earlier classes read earlier layers
+    last_s_inhibition = max(layer for layer, _ in IOI_CIRCUIT.heads("s-inhibition"))
+    first_name_mover = min(layer for layer, _ in IOI_CIRCUIT.heads("name mover"))
+    assert last_s_inhibition < first_name_mover
+
+
+def test_published_values_carry_sources_and_confidence():
+    assert IOI["logit_diff"].value == 3.56 and IOI["io_beats_s"].value == 0.993
+    for key, ref in IOI.items():
+        assert ref.source.startswith("Wang et al. 2022"), key
+        assert ref.confidence in {"paper text", "official code", "secondary source"}, key

@@ -38,11 +38,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal
 
 import torch
+
+from ..circuits import Circuit
+from ..prompts import PAD_TOKEN_ID, PromptSet, _default_tokenizer, check_single_tokens, tokenize
+from ..scorecard import Reference
 
 __all__ = [
     "BABA_TEMPLATES",
@@ -56,10 +60,10 @@ __all__ = [
     "make_ioi_dataset",
     "render_template",
     "template_text",
-    "check_single_tokens",
+    "IOI",
+    "IOI_CIRCUIT",
 ]
 
-PAD_TOKEN_ID = 50256  # <|endoftext|>: GPT-2's BOS, EOS and (as TransformerLens sets it) pad
 ORDERS = ("BABA", "ABBA")
 POSITION_KEYS = ("IO", "S1", "S1+1", "S2", "END")
 _SLOTS = ("IO", "S1", "S2")
@@ -189,107 +193,58 @@ def render_template(
 # --------------------------------------------------------------------------- word checks
 
 
-def _default_tokenizer() -> Any:
-    from .models import gpt2_tokenizer
-
-    return gpt2_tokenizer()
-
-
-def check_single_tokens(words: Sequence[str], tokenizer: Any = None, *, what: str = "words") -> dict[str, int]:
-    """Map each word to its GPT-2 token id with a leading space; raise if any is not one token.
-
-    Returns ``{word: id}`` for ``" " + word``. Raises ``ValueError`` listing every word that
-    tokenizes to more than one token (or appears twice), so a bad list fails loudly.
-    """
-    tokenizer = tokenizer or _default_tokenizer()
-    ids: dict[str, int] = {}
-    bad: list[str] = []
-    for w in words:
-        toks = tokenizer.encode(" " + w)
-        if len(toks) != 1:
-            bad.append(f"{w!r} -> {toks}")
-        else:
-            ids[w] = toks[0]
-    if bad:
-        raise ValueError(f"these {what} are not single GPT-2 tokens with a leading space: " + ", ".join(bad))
-    if len(set(words)) != len(words):
-        dup = sorted({w for w in words if list(words).count(w) > 1})
-        raise ValueError(f"duplicate {what}: {dup}")
-    return ids
-
-
 # --------------------------------------------------------------------------- dataset
 
 
-@dataclass(eq=False)
-class IOIDataset:
-    """A batch of IOI prompts with tokens, answers and token positions.
+@dataclass(eq=False, kw_only=True)
+class IOIDataset(PromptSet):
+    """A batch of IOI prompts: a :class:`~helpers.prompts.PromptSet` plus names and templates.
 
     ``n`` is the number of prompts and ``L`` the longest tokenized prompt (BOS included when
     ``prepend_bos``). Without BOS the prompts are 14-20 tokens long.
 
-    Fields:
-        prompts: ``n`` strings, each ending just before the answer (the END token is last).
+    Fields besides the prompt set's (``prompts``, ``tokens [n, L]`` right-padded with 50256,
+    ``lengths``, ``answers`` = IO tokens, ``wrong`` = S tokens, ``positions``):
         io_names, s_names: the names scored as answer (IO) and distractor (S). In a
             corrupted dataset these are still the *clean* names (see :meth:`corrupt_abc`).
-        io_tokens, s_tokens: ``[n]`` long, ids of ``" " + name`` for ``io_names``/``s_names``.
         slot_names: ``{"IO", "S1", "S2"} -> n`` names actually written in each slot
             (clean: IO = io, S1 = S2 = s; p_ABC: three fresh names).
         slot_tokens: ``{"IO", "S1", "S2"} -> [n]`` long, their token ids.
         places, objects: ``n`` words, or ``None`` where the template has no such slot.
         template_ids: ``[n]`` long, template index 1..15 of each prompt.
         orders: ``n`` of ``"BABA"``/``"ABBA"``.
-        tokens: ``[n, L]`` long, right-padded with 50256.
-        lengths: ``[n]`` long, number of real tokens (BOS included if present).
-        positions: ``{"IO", "S1", "S1+1", "S2", "END"} -> [n]`` long token positions in
-            ``tokens``; END = ``lengths - 1`` (the answer would go at END + 1).
-        prepend_bos: whether ``tokens[:, 0]`` is BOS (50256). The paper used no BOS.
+        positions: ``{"IO", "S1", "S1+1", "S2", "END"} -> [n]``; END = ``lengths - 1`` (the
+            answer would go at END + 1).
         seed: the seed used to build it; corruption: ``None`` (clean) or ``"ABC"``.
     """
 
-    prompts: list[str]
     io_names: list[str]
     s_names: list[str]
-    io_tokens: torch.Tensor
-    s_tokens: torch.Tensor
     slot_names: dict[str, list[str]]
     slot_tokens: dict[str, torch.Tensor]
     places: list[str | None]
     objects: list[str | None]
     template_ids: torch.Tensor
     orders: list[str]
-    tokens: torch.Tensor
-    lengths: torch.Tensor
-    positions: dict[str, torch.Tensor]
-    prepend_bos: bool = False
     seed: int | None = None
     corruption: str | None = None
-    tokenizer: Any = field(default=None, repr=False, compare=False)
-
-    def __len__(self) -> int:
-        return len(self.prompts)
 
     @property
-    def max_len(self) -> int:
-        """``L``, the padded length of ``tokens``."""
-        return int(self.tokens.shape[1])
+    def io_tokens(self) -> torch.Tensor:
+        """``[n]`` long: the IO name's token (the answer)."""
+        return self.answers
 
     @property
-    def attention_mask(self) -> torch.Tensor:
-        """``[n, L]`` long, 1 on real tokens (BOS included), 0 on padding."""
-        return (torch.arange(self.max_len)[None, :] < self.lengths[:, None]).long()
+    def s_tokens(self) -> torch.Tensor:
+        """``[n]`` long: the S name's token (the wrong answer)."""
+        return self.wrong
 
     @property
     def answer_tokens(self) -> torch.Tensor:
         """``[n, 2]`` long: column 0 the IO (correct) token, column 1 the S token."""
         return torch.stack([self.io_tokens, self.s_tokens], dim=1)
 
-    @property
-    def group_ids(self) -> torch.Tensor:
-        """``[n]`` long, the template index 1..15 of each prompt (same as ``template_ids``)."""
-        return self.template_ids
-
-    def groups(self, by: Literal["template", "template_order"] = "template") -> dict[Any, torch.Tensor]:
+    def groups(self, by: Literal["template", "template_order"] | Any = "template") -> dict[Any, torch.Tensor]:
         """Indices of the prompts sharing a template, for per-template means.
 
         ``by="template"``: ``{template_id: [k] long indices}``. All prompts of one template
@@ -297,43 +252,13 @@ class IOIDataset:
         names) the BABA/ABBA distinction vanishes, so this is the grouping for mean ablation
         over p_ABC. ``by="template_order"``: keys ``(template_id, order)``, which is what the
         paper's code effectively grouped by (its template list held BABA and ABBA copies).
+        Any other value is passed to :meth:`PromptSet.groups`.
         """
-        keys: list[Any]
         if by == "template":
-            keys = [int(t) for t in self.template_ids]
-        elif by == "template_order":
-            keys = [(int(t), o) for t, o in zip(self.template_ids, self.orders)]
-        else:
-            raise ValueError(f"by must be 'template' or 'template_order', got {by!r}")
-        out: dict[Any, list[int]] = {}
-        for i, k in enumerate(keys):
-            out.setdefault(k, []).append(i)
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in sorted(out.items())}
-
-    def subset(self, idx: torch.Tensor | Sequence[int]) -> IOIDataset:
-        """The prompts at ``idx``, re-padded to their own longest length."""
-        idx = [int(i) for i in idx]
-        tl = lambda xs: [xs[i] for i in idx]  # noqa: E731
-        t = torch.tensor(idx, dtype=torch.long)
-        lengths = self.lengths[t]
-        L = int(lengths.max()) if len(idx) else 0
-        return replace(
-            self,
-            prompts=tl(self.prompts),
-            io_names=tl(self.io_names),
-            s_names=tl(self.s_names),
-            io_tokens=self.io_tokens[t],
-            s_tokens=self.s_tokens[t],
-            slot_names={k: tl(v) for k, v in self.slot_names.items()},
-            slot_tokens={k: v[t] for k, v in self.slot_tokens.items()},
-            places=tl(self.places),
-            objects=tl(self.objects),
-            template_ids=self.template_ids[t],
-            orders=tl(self.orders),
-            tokens=self.tokens[t, :L],
-            lengths=lengths,
-            positions={k: v[t] for k, v in self.positions.items()},
-        )
+            return super().groups("template_ids")
+        if by == "template_order":
+            return super().groups(("template_ids", "orders"))
+        return super().groups(by)
 
     def corrupt_abc(self, seed: int = 1, *, names: Sequence[str] | None = None) -> IOIDataset:
         """The p_ABC twin of this dataset: same shape, three fresh names per prompt.
@@ -405,19 +330,11 @@ def _tokenize_and_locate(
     ``RuntimeError`` otherwise.
     """
     n = len(prompts)
-    backend = getattr(tokenizer, "backend_tokenizer", None)  # the fast path skips HF's wrapping
-    if backend is not None:
-        ids = [e.ids for e in backend.encode_batch(prompts, add_special_tokens=False)]
-    else:
-        ids = [list(r) for r in tokenizer(prompts)["input_ids"]]
-    if any(row and row[0] == PAD_TOKEN_ID for row in ids):
-        raise RuntimeError("the tokenizer added a BOS itself; pass one that does not (use prepend_bos)")
-    if prepend_bos:
-        ids = [[PAD_TOKEN_ID] + row for row in ids]
-    lengths = torch.tensor([len(r) for r in ids], dtype=torch.long)
-    L = int(lengths.max()) if n else 0
-    tokens = torch.tensor([row + [PAD_TOKEN_ID] * (L - len(row)) for row in ids], dtype=torch.long)
-    tokens = tokens.reshape(n, L)
+    try:
+        tokens, lengths = tokenize(prompts, tokenizer, prepend_bos=prepend_bos)
+    except ValueError as err:
+        raise RuntimeError(str(err)) from None
+    L = tokens.shape[1]
     real = torch.arange(L)[None, :] < lengths[:, None]
     if prepend_bos:
         real[:, 0] = False  # BOS is never a name
@@ -567,8 +484,8 @@ def make_ioi_dataset(
         prompts=prompts,
         io_names=ios,
         s_names=ss,
-        io_tokens=io_tokens,
-        s_tokens=s_tokens,
+        answers=io_tokens,
+        wrong=s_tokens,
         slot_names={"IO": list(ios), "S1": list(ss), "S2": list(ss)},
         slot_tokens=slot_tokens,
         places=pls,
@@ -583,3 +500,65 @@ def make_ioi_dataset(
         corruption=None,
         tokenizer=tokenizer,
     )
+
+
+# --------------------------------------------------------------------------- published numbers
+# Sources are cited by paper section; "paper text" means read in the paper, "official code"
+# taken from the authors' repository. The fact sheet behind these entries is the project's
+# shared/papers/ioi.md.
+
+#: Wang et al. 2022, "Interpretability in the Wild" (arXiv 2211.00593, ICLR 2023), GPT-2 small.
+IOI: dict[str, Reference] = {
+    "logit_diff": Reference(3.56, "Wang et al. 2022, §2 (100k prompts, no BOS)"),
+    "io_prob": Reference(0.49, "Wang et al. 2022, §2"),
+    "io_beats_s": Reference(0.993, "Wang et al. 2022, §2"),
+    "faithfulness_ratio": Reference(
+        0.87, "Wang et al. 2022, §4 (F(M) − F(C) = 0.46, 13% of F(M))"
+    ),
+    "faithfulness_gap": Reference(0.46, "Wang et al. 2022, §4"),
+    "name_movers_knocked_out_drop": Reference(
+        0.05, "Wang et al. 2022, §3.4 (all three name movers out: logit difference falls ~5%)"
+    ),
+    "negative_movers_removed_F": Reference(
+        4.07, "Wang et al. 2022, App. K (negative name movers removed from the circuit)"
+    ),
+    "minimality_min_share": Reference(
+        0.01, "Wang et al. 2022, App. K / Fig. 20 (every node moves F by ≥ 1% of F(M))"
+    ),
+    "name_mover_attention_to_io": Reference(0.59, "Wang et al. 2022, §3.1"),
+    "name_mover_copy_score": Reference(0.95, "Wang et al. 2022, §3.1 (> 95%)"),
+    "negative_mover_copy_score": Reference(0.98, "Wang et al. 2022, §3.1 (negative copy score)"),
+    "s_inhibition_attention_to_s2": Reference(0.51, "Wang et al. 2022, §3.2"),
+    "circuit_share_of_head_positions": Reference(0.011, "Wang et al. 2022, §1 (≈1.1%)"),
+}
+
+
+# --------------------------------------------------------------------------- the circuit
+
+#: The 26-head, 7-class circuit (Wang et al. 2022, Fig. 2 and §3; App. F for the backups),
+#: with the token position each class keeps when everything else is mean-ablated (§4).
+IOI_CIRCUIT = Circuit.from_labels(
+    "IOI, GPT-2 small",
+    {
+        "name mover": ("9.9", "9.6", "10.0"),
+        "negative name mover": ("10.7", "11.10"),
+        "backup name mover": ("9.0", "9.7", "10.1", "10.2", "10.6", "10.10", "11.2", "11.9"),
+        "s-inhibition": ("7.3", "7.9", "8.6", "8.10"),
+        "induction": ("5.5", "5.8", "5.9", "6.9"),
+        "duplicate token": ("0.1", "0.10", "3.0"),
+        "previous token": ("2.2", "4.11"),
+    },
+    {
+        "name mover": "END",
+        "negative name mover": "END",
+        "backup name mover": "END",
+        "s-inhibition": "END",
+        "induction": "S2",
+        "duplicate token": "S2",
+        "previous token": "S1+1",
+    },
+    source=(
+        "Wang et al. 2022, Fig. 2, §3 and App. F: 26 heads in 7 classes; 5.8, 5.9 ('fuzzy' "
+        "induction) and 0.10 ('fuzzy' duplicate token) as in the paper's final version"
+    ),
+)
