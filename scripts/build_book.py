@@ -88,6 +88,7 @@ def choose_weights(requested: str, notebooks: list[Path]) -> str:
 
     spec = importlib.util.spec_from_file_location("casebook_hub", ROOT / "src" / "helpers" / "hub.py")
     hub = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = hub  # its dataclass looks its module up while being built
     spec.loader.exec_module(hub)
     hub_available = hub.hub_available
 

@@ -168,25 +168,6 @@ def position_mask(
     return mask
 
 
-def all_heads(model) -> list[Head]:
-    """Every (layer, head) of the model, in order."""
-    return [(L, h) for L in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-
-
-def _as_heads(heads, model) -> list[Head]:
-    if heads is None:
-        return all_heads(model)
-    if isinstance(heads, tuple) and len(heads) == 2 and all(isinstance(x, int) for x in heads):
-        heads = [heads]
-    out = []
-    for lh in heads:
-        L, h = int(lh[0]), int(lh[1])
-        if not (0 <= L < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
-            raise ValueError(f"Head {(L, h)} does not exist in a {model.cfg.n_layers}x{model.cfg.n_heads} model")
-        out.append((L, h))
-    return out
-
-
 def check_pair(clean: torch.Tensor, corrupted: torch.Tensor) -> None:
     if clean.shape != corrupted.shape:
         raise ValueError(
@@ -225,8 +206,9 @@ def logits_at_positions(model, tokens, positions: Any = None, *, fwd_hooks: Sequ
     Equals ``model(tokens)`` read at ``positions`` (``[batch]``, an int, or ``None`` for the
     last position) up to float rounding: the final LayerNorm and the unembedding act on each
     position separately. The forward pass stops at the final LayerNorm's input, so the
-    ``[batch, seq, d_vocab]`` logits are never built; on IOI-sized prompts GPT-2's
-    unembedding is about 40% of a forward pass. ``fwd_hooks`` apply as in ``run_with_hooks``.
+    ``[batch, seq, d_vocab]`` logits are never built (on short prompts GPT-2's 50,257-column
+    unembedding is a large share of a forward pass). ``fwd_hooks`` apply as in
+    ``run_with_hooks``.
     """
     tokens = as_tokens(tokens).to(model.cfg.device)
     batch, seq = tokens.shape

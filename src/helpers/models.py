@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from .hub import _hub_endpoint, _hub_reachable, _in_local_cache, _offline_flag, hub_available
+from .hub import (
+    SUPPORTED_MODELS,
+    ModelSpec,
+    _hub_endpoint,
+    _hub_reachable,
+    _in_local_cache,
+    _offline_flag,
+    hub_available,
+)
 
 __all__ = [
     "ModelSpec",
@@ -55,32 +62,6 @@ class ModelUnavailableError(CasebookError, RuntimeError):
     """Pretrained weights that cannot be had here (no hub access, nothing cached)."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One GPT-2 size: the book's name, the hub repository, and the architecture."""
-
-    name: str
-    hf_id: str
-    n_layers: int
-    n_heads: int
-    d_model: int
-    n_ctx: int = 1024
-    d_vocab: int = 50257
-
-    @property
-    def d_head(self) -> int:
-        return self.d_model // self.n_heads
-
-
-SUPPORTED_MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("gpt2-small", "openai-community/gpt2", 12, 12, 768),
-        ModelSpec("gpt2-medium", "openai-community/gpt2-medium", 24, 16, 1024),
-        ModelSpec("gpt2-large", "openai-community/gpt2-large", 36, 20, 1280),
-        ModelSpec("gpt2-xl", "openai-community/gpt2-xl", 48, 25, 1600),
-    )
-}
 _ALIASES = {"gpt2": "gpt2-small"}
 _ALIASES.update({spec.hf_id: name for name, spec in SUPPORTED_MODELS.items()})
 
@@ -171,10 +152,21 @@ def _boot_pretrained(spec: ModelSpec, device: torch.device):
                 spec, f"the hub ({_hub_endpoint()}) is unreachable and the weights are not in the local cache"
             )
     try:
-        return TransformerBridge.boot_transformers(spec.hf_id, device=device)
+        model = TransformerBridge.boot_transformers(spec.hf_id, device=device)
     except OSError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _unavailable(spec, f"loading failed ({first_line})") from None
+    got = (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model)
+    want = (spec.n_layers, spec.n_heads, spec.d_model)
+    if got != want:
+        raise CasebookError(
+            f"The weights found for {spec.hf_id} are not {spec.name}: they have {got[0]} layers "
+            f"× {got[1]} heads, d_model {got[2]}, where {spec.name} has {want[0]} × {want[1]}, "
+            f"d_model {want[2]}. The local Hugging Face cache holds another model under that "
+            f"name; delete its folder models--{spec.hf_id.replace('/', '--')} in the hub cache "
+            f"and download again (`hf download {spec.hf_id}`)."
+        )
+    return model
 
 
 def build_stand_in(spec: ModelSpec, *, seed: int = 0, device: str | torch.device = "cpu"):
