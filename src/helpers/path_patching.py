@@ -66,7 +66,10 @@ def _normalize_receivers(receivers, receiver_input, model) -> dict[Head, tuple[s
     return {h: inputs(receiver_input) for h in as_heads(receivers, model)}
 
 
-def _prepare(model, clean_tokens, corrupted_tokens, receivers, receiver_input, senders, sender_positions, named_positions):
+def _prepare(model, clean_tokens, corrupted_tokens, *, receivers="logits", receiver_input="q", senders=None,
+             sender_positions=None, named_positions=None):
+    """Checked inputs: tokens, receivers, senders, the sender-position mask, and the senders
+    that have a path to some receiver."""
     clean, corrupt = as_tokens(clean_tokens), as_tokens(corrupted_tokens)
     check_pair(clean, corrupt)
     batch, seq = clean.shape
@@ -83,21 +86,12 @@ def _prepare(model, clean_tokens, corrupted_tokens, receivers, receiver_input, s
 
 @torch.no_grad()
 def path_patch_reference(
-    model,
-    clean_tokens,
-    corrupted_tokens,
-    metric: Callable,
-    *,
-    receivers: Any = "logits",
-    receiver_input: Any = "q",
-    senders: Iterable[Head] | None = None,
-    sender_positions: Any = None,
-    named_positions: Mapping[str, Any] | None = None,
-    progress: bool = False,
+    model, clean_tokens, corrupted_tokens, metric: Callable, *, progress: bool = False, **where: Any
 ) -> torch.Tensor:
     """Path patching done plainly: hooked forward passes, one sender at a time.
 
-    Same arguments and result as :func:`path_patch`. Pass C is a full forward pass on the
+    Same arguments (``where``: ``receivers``, ``receiver_input``, ``senders``,
+    ``sender_positions``, ``named_positions``) and result as :func:`path_patch`. Pass C is a full forward pass on the
     clean tokens with every ``hook_z`` set to its cached clean value except the sender's,
     which takes its corrupted value at ``sender_positions``. For the final-residual receiver
     the score is the metric of pass C's logits (pass D would copy the whole final residual).
@@ -105,9 +99,7 @@ def path_patch_reference(
     head's query/key/value is a fixed function of its input, so replacing it is replacing
     the input), and pass D is a full forward pass with those replaced at every position.
     """
-    clean, corrupt, recv, senders, reachable, smask = _prepare(
-        model, clean_tokens, corrupted_tokens, receivers, receiver_input, senders, sender_positions, named_positions
-    )
+    clean, corrupt, recv, senders, reachable, smask = _prepare(model, clean_tokens, corrupted_tokens, **where)
     dev = model.cfg.device
     clean, corrupt, smask = clean.to(dev), corrupt.to(dev), smask.to(dev)
     n_layers = model.cfg.n_layers
@@ -197,7 +189,8 @@ def path_patch(
     :func:`path_patch_reference` up to float rounding.
     """
     clean, corrupt, recv, senders, reachable, smask = _prepare(
-        model, clean_tokens, corrupted_tokens, receivers, receiver_input, senders, sender_positions, named_positions
+        model, clean_tokens, corrupted_tokens, receivers=receivers, receiver_input=receiver_input,
+        senders=senders, sender_positions=sender_positions, named_positions=named_positions,
     )
     dev = model.cfg.device
     clean, corrupt, smask = clean.to(dev), corrupt.to(dev), smask.to(dev)
