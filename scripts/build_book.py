@@ -163,6 +163,15 @@ def render(stage: Path, out: Path) -> None:
     log(f"book written to {shown(html)}/index.html")
 
 
+def write_exercises(notebooks: list[Path], folder: Path) -> None:
+    """The student notebooks (solutions removed), generated from the chapters, into the site."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from student_notebooks import write_student_notebooks
+
+    written = write_student_notebooks(notebooks, folder)
+    log(f"student notebooks: {', '.join(p.name for p in written) or 'none'} in {shown(folder)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", choices=["pretrained", "random"],
@@ -199,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "timings.json").write_text(json.dumps({"weights": weights, "notebooks": timings}, indent=2))
     if not args.no_render:
         render(stage, out)
+        write_exercises(toc_notebooks(), out / "html" / "exercises")
     return 0
 
 

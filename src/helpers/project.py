@@ -32,3 +32,18 @@ if "google.colab" in sys.modules:
 from helpers import setup_notebook
 
 setup_notebook()'''
+
+
+#: Generated student notebooks (solutions removed) live on this branch of the repository;
+#: the publishing workflow pushes them there, and `make book` also puts them in the site.
+STUDENT_BRANCH = "student-notebooks"
+
+
+def student_notebook_links(stem: str) -> str:
+    """The markdown line a chapter's exercises open with: Colab and download links (the
+    download is a plain HTML link: the file is written into the site after Sphinx runs)."""
+    path = REPOSITORY_URL.removeprefix("https://github.com/")
+    colab = f"https://colab.research.google.com/github/{path}/blob/{STUDENT_BRANCH}/{stem}.ipynb"
+    return (f"**Work on these exercises:** [open the exercises in Colab]({colab}) (solutions "
+            f'removed), or <a href="../exercises/{stem}.ipynb" download>download the exercise '
+            f"notebook</a>.")

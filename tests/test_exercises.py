@@ -1,0 +1,123 @@
+"""Exercises: the checks learners call, and the student notebooks generated from the chapters."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from helpers.exercises import run_check
+from helpers.exercises.tour import check_dla, check_logit_diff, reference_dla, reference_logit_diff
+from helpers.project import student_notebook_links
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from student_notebooks import exercise_labels, make_student, plain_markdown  # noqa: E402
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+WITH_EXERCISES = [p for p in NOTEBOOKS if exercise_labels(nbformat.read(p, as_version=4))]
+
+
+def _todo(*args):
+    raise NotImplementedError
+
+
+def _rows(lg):
+    return torch.arange(lg.shape[0])
+
+
+@pytest.mark.parametrize(
+    "learner, status, words",
+    [
+        (reference_logit_diff, "pass", "matches the reference"),
+        (_todo, "todo", "not implemented yet"),
+        (lambda lg, a, w, e: -reference_logit_diff(lg, a, w, e), "fail", "sign is flipped"),
+        (lambda lg, a, w, e: lg[_rows(lg), -1, a] - lg[_rows(lg), -1, w], "fail", "each prompt's own END"),
+        (lambda lg, a, w, e: lg[_rows(lg), e - 1, a] - lg[_rows(lg), e - 1, w], "fail", "off by one"),
+        (lambda lg, a, w, e: reference_logit_diff(lg, a, w, e).mean(), "fail", "shape ()"),
+        (lambda lg, a, w, e: reference_logit_diff(lg, a, w, e) + 0.5, "fail", "wrong value on 3 prompts"),
+    ],
+)
+def test_logit_diff_check_says_what_is_wrong(learner, status, words, capsys):
+    result = check_logit_diff(learner)
+    assert result.status == status and words in result.message
+    assert capsys.readouterr().out.strip() == result.message
+
+
+@pytest.mark.parametrize(
+    "learner, words",
+    [
+        (lambda s, sc, d: (s / sc) @ d, "forgot to centre"),
+        (lambda s, sc, d: (s - s.mean(-1, keepdim=True)) @ d, "scale"),
+        (lambda s, sc, d: 1 / 0, "raised ZeroDivisionError"),
+        (lambda s, sc, d: "seven", "returned a str"),
+    ],
+)
+def test_dla_check_catches_known_mistakes(learner, words):
+    assert check_dla(reference_dla).passed
+    result = check_dla(learner)
+    assert result.status == "fail" and words in result.message
+
+
+def test_run_check_names_the_failing_input():
+    cases = [("prompt 0", (torch.tensor([1.0, 2.0]),)), ("prompt 1", (torch.tensor([3.0, 4.0]),))]
+    result = run_check("double", lambda x: 2 * x if x[0] < 2 else x, lambda x: 2 * x, cases, quiet=True)
+    assert result.status == "fail" and "prompt 1" in result.message and "index (1,)" in result.message
+
+
+def test_plain_markdown_turns_directives_into_headings_and_details():
+    text = "````{exercise} Title\n:label: x\n\nDo it.\n\n```{hint}\n:class: dropdown\nLook.\n```\n````"
+    out = plain_markdown(text)
+    assert out.startswith("### Exercise: Title") and ":label:" not in out and "{hint}" not in out
+    assert "<details><summary>Hint</summary>" in out and "Look." in out and "````" not in out
+
+
+@pytest.mark.parametrize("path", WITH_EXERCISES, ids=lambda p: p.stem)
+def test_chapter_exercises_follow_the_pattern(path):
+    nb = nbformat.read(path, as_version=4)
+    labels = exercise_labels(nb)
+    assert 3 <= len(labels) <= 6, labels
+    stubs = [c for c in nb.cells if "exercise-stub" in c.metadata.get("tags", [])]
+    assert len(stubs) >= 2  # at least two ask for code
+    assert all("remove-cell" in c.metadata["tags"] and "NotImplementedError" in c.source for c in stubs)
+    for label in labels:  # every exercise has a folded solution
+        assert any(c.cell_type == "markdown" and re.search(r"\{solution-start\}\s*" + re.escape(label), c.source)
+                   and ":class: dropdown" in c.source for c in nb.cells), label
+    assert any(student_notebook_links(path.stem) in c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+@pytest.mark.parametrize("path", WITH_EXERCISES, ids=lambda p: p.stem)
+def test_student_copy_has_stubs_and_no_solutions(path):
+    nb = nbformat.read(path, as_version=4)
+    student = make_student(nb)
+    text = json.dumps([c.source for c in student.cells])
+    assert "solution-start" not in text and "solution-end" not in text and "{exercise}" not in text
+    assert not [c for c in student.cells if "solution" in c.metadata.get("tags", [])]
+    stubs = [c for c in student.cells if "exercise" in c.metadata.get("tags", [])]
+    assert len(stubs) >= 2 and all("remove-cell" not in c.metadata["tags"] for c in stubs)
+    assert len(student.cells) < len(nb.cells)
+    assert [c.source for c in nb.cells] == [c.source for c in nbformat.read(path, as_version=4).cells]
+
+
+@pytest.mark.parametrize("path", WITH_EXERCISES, ids=lambda p: p.stem)
+def test_student_notebook_runs_at_smoke_size_with_the_stubs(path, tmp_path):
+    nb = nbformat.read(path, as_version=4)
+    student = tmp_path / path.name
+    nbformat.write(make_student(nb), student)
+    out = tmp_path / f"run-{path.name}"
+    params = {"weights": "random", **nb.metadata.get("casebook", {}).get("smoke_parameters", {})}
+    args = [x for k, v in params.items() for x in ("-p", k, str(v))]
+    result = subprocess.run(
+        [sys.executable, "-m", "papermill", "-k", "python3", "--cwd", str(ROOT / "notebooks"),
+         str(student), str(out), *args], capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    executed = nbformat.read(out, as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if "exercise" in c.metadata.get("tags", [])
+                      for o in c.outputs)
+    assert printed.count("not implemented yet") == len([c for c in executed.cells
+                                                        if "exercise" in c.metadata.get("tags", [])])
