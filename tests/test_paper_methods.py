@@ -296,3 +296,21 @@ def test_greedy_incompleteness_picks_the_worst_head_by_hand(planted):
     assert circuit_score(m, planted.clean, ev.metric, ev.means) == pytest.approx(ev.F())
     with pytest.raises(ValueError, match="steps"):
         greedy_incompleteness(ev, heads, 5)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def test_grouped_bars_and_grouped_scatter():
+    from helpers import bar, scatter
+
+    fig = bar([[1.0, 2.0], [3.0, 4.0]], ["a", "b"], title="t", xaxis="x", yaxis="y", names=["s1", "s2"])
+    assert [d.name for d in fig.data] == ["s1", "s2"] and fig.layout.barmode == "group"
+    with pytest.raises(ValueError, match="one name per series"):
+        bar([[1.0, 2.0], [3.0, 4.0]], ["a", "b"], title="t", xaxis="x", yaxis="y")
+    fig = scatter([1, 2, 3], [1, 2, 4], ["a", "b", "c"], title="t", xaxis="x", yaxis="y",
+                  groups=["class", "random", "class"], diagonal=True)
+    assert [d.name for d in fig.data] == ["class", "random", "y = x"]
+    assert list(fig.data[0].text) == ["a", "c"]
+    with pytest.raises(ValueError, match="groups"):
+        scatter([1], [1], ["a"], title="t", xaxis="x", yaxis="y", groups=["g", "h"])
