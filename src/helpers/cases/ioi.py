@@ -5,13 +5,18 @@ finish "When Mary and John went to the store, John gave a drink to" with " Mary"
 indirect object IO ([A] in the paper) rather than the repeated subject S ([B]). This module
 turns the paper's sentence templates into batches of prompts with everything a circuit
 experiment needs: token ids, the answer and distractor tokens, the token positions of IO, S1,
-S1+1, S2 and END, per-template groups for mean ablation, and the p_ABC corruption.
+S1+1, S2 and END, per-template groups for mean ablation, and the p_ABC corruption. It also
+holds what the chapter compares against, as data: the published numbers (:data:`IOI`, from
+the text named in :data:`PAPER_VERSION`), the circuit (:data:`IOI_CIRCUIT`), the paper's
+minimality sets (:data:`MINIMALITY_SETS`, :data:`MINIMALITY_F`), its five path-patching
+experiments (:data:`PATH_PATCHING`) and the copy score's in-context inputs
+(:func:`copy_score_inputs`).
 
 Choices, stated once here and again where they bite:
 
-* **No BOS by default.** The paper fed GPT-2 its prompts without a leading
-  ``<|endoftext|>``; ARENA and the TransformerLens demos prepend one. ``prepend_bos=True``
-  puts token 50256 first and shifts every position by one.
+* **No BOS by default.** The authors' code fed GPT-2 its prompts without a leading
+  ``<|endoftext|>`` (the paper's text does not say); ARENA and the TransformerLens demos
+  prepend one. ``prepend_bos=True`` puts token 50256 first and shifts every position by one.
 * **Templates.** All 15 templates of the paper's App. E (Fig. 14), kept as data in
   :data:`BABA_TEMPLATES`, each usable in BABA order (as the paper writes them) and ABBA order
   (first [B] and first [A] swapped). The wordings were checked word for word against the
