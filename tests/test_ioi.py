@@ -333,3 +333,87 @@ def test_published_values_carry_sources_and_confidence():
     for key, ref in IOI.items():
         assert ref.source.startswith("Wang et al. 2022"), key
         assert ref.confidence in {"paper text", "official code", "secondary source"}, key
+
+
+def test_reference_sources_name_the_paper_version_and_sections():
+    from helpers.cases.ioi import PAPER_VERSION
+
+    assert "26 heads" in PAPER_VERSION and "arXiv" in PAPER_VERSION
+    assert "§4.2" in IOI["minimality_min_share"].source and "Fig. 7" in IOI["minimality_min_share"].source
+    assert "authors' code" in IOI["logit_diff"].source
+    assert "App. C" in IOI_CIRCUIT.source
+    assert IOI["negative_movers_removed_rise"].value == pytest.approx(4.07 - 2.62)
+    assert "at END" in IOI["name_movers_knocked_out_drop"].source
+
+
+# --------------------------------------------------------------------------- minimality K sets
+
+
+def test_minimality_k_sets_cover_all_26_heads_exactly_once():
+    from helpers.cases.ioi import MINIMALITY_F, MINIMALITY_SETS, minimality_k_sets
+
+    labels = IOI_CIRCUIT.labels()
+    assert Counter(list(MINIMALITY_SETS)) == Counter(labels) and len(MINIMALITY_SETS) == 26
+    assert set(MINIMALITY_F) == set(labels)
+    for v, K in MINIMALITY_SETS.items():
+        assert v not in K and set(K) <= set(labels) and len(set(K)) == len(K), v
+    # spot checks against App. K / Fig. 20
+    assert MINIMALITY_SETS["9.9"] == () and MINIMALITY_SETS["10.0"] == ("9.9",)
+    assert set(MINIMALITY_SETS["9.6"]) == {"9.9", "10.0"}
+    assert set(MINIMALITY_SETS["9.7"]) == {"9.9", "10.0", "9.6", "10.10", "10.6", "10.2", "10.1", "11.2"}
+    assert len(MINIMALITY_SETS["9.0"]) == 12 and "11.9" in MINIMALITY_SETS["9.0"]
+    assert set(MINIMALITY_SETS["5.8"]) == {"10.7", "11.10"}
+    assert set(MINIMALITY_SETS["5.5"]) == {"5.8", "5.9", "6.9"}
+    assert MINIMALITY_F["9.9"] == (2.62, 2.26) and MINIMALITY_F["10.7"][1] == 4.07
+    ks = minimality_k_sets()
+    assert list(ks) == IOI_CIRCUIT.heads() and ks[(10, 0)] == [(9, 9)]
+
+
+def test_path_patching_experiments_mark_their_own_findings():
+    from helpers.cases.ioi import PATH_PATCHING
+
+    labels = set(IOI_CIRCUIT.labels())
+    for name, exp in PATH_PATCHING.items():
+        assert exp.source.startswith("Wang et al. 2022"), name
+        assert exp.receivers == "logits" or exp.receivers in IOI_CIRCUIT.classes
+        for heads in exp.found.values():
+            assert set(heads) <= labels, name
+    values, keys = PATH_PATCHING["s-inhibition values"], PATH_PATCHING["s-inhibition keys"]
+    assert (values.receiver_input, values.sender_positions) == ("v", "S2")
+    assert (keys.receiver_input, keys.sender_positions) == ("k", "S2")
+    assert {h for hs in values.found.values() for h in hs} == {"5.5", "6.9", "0.1", "3.0"}
+    assert {h for hs in keys.found.values() for h in hs} == {"5.8", "5.9", "0.10", "0.1", "3.0"}
+    assert "App. C" in keys.source
+
+
+def test_path_patching_experiment_runs_on_a_tiny_model(tiny_model, tok):
+    from helpers import LogitDiffMetric, path_patch
+    from helpers.cases.ioi import PathPatchingExperiment
+
+    ds = make_ioi_dataset(4, seed=0, tokenizer=tok)
+    abc = ds.corrupt_abc(seed=1)
+    metric = LogitDiffMetric(ds.io_tokens, ds.s_tokens, ds.positions["END"])
+    exp = PathPatchingExperiment("t", "logits", "q", "S2", {"x": ("1.0",)}, "Wang et al. 2022")
+    got = exp.run(tiny_model, ds, abc, metric)
+    want = path_patch(tiny_model, ds.tokens, abc.tokens, metric, sender_positions="S2",
+                      named_positions=ds.positions)
+    assert torch.allclose(got, want, equal_nan=True)
+    clean = metric(tiny_model(ds.tokens)).item()
+    fig = exp.heatmap(got, clean)
+    assert fig.layout.title.text == "t" and len(fig.data) == 2
+
+
+def test_copy_score_inputs_read_the_name_slots_in_context(tiny_model, tok):
+    from helpers import capture
+    from helpers.cases.ioi import copy_score_inputs
+
+    ds = make_ioi_dataset(6, seed=0, tokenizer=tok)
+    resid, ids = copy_score_inputs(tiny_model, ds)
+    assert resid.shape == (18, tiny_model.cfg.d_model) and ids.shape == (18,)
+    assert torch.equal(ids[:6].cpu(), ds.io_tokens) and torch.equal(ids[6:12].cpu(), ds.s_tokens)
+    assert torch.equal(ids[12:].cpu(), ds.s_tokens)
+    _, acts = capture(tiny_model, ds.tokens, ["blocks.0.hook_resid_post"])
+    full = acts["blocks.0.hook_resid_post"]
+    assert torch.allclose(resid[6:12], full[torch.arange(6), ds.positions["S1"]], atol=1e-5)
+    with pytest.raises(ValueError, match="slots"):
+        copy_score_inputs(tiny_model, ds, slots=("END",))

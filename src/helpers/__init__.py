@@ -7,12 +7,22 @@ here. What only one paper needs (its prompt builder, published numbers and circu
 ``helpers.cases.<chapter slug>``; generic modules never import from there.
 """
 
-from .ablation import CircuitEvaluator, circuit_score, circuit_scores, head_means, run_with_mean_ablation
+from .ablation import (
+    CircuitEvaluator,
+    circuit_score,
+    circuit_scores,
+    greedy_incompleteness,
+    head_means,
+    minimality_scores,
+    random_subsets,
+    run_with_mean_ablation,
+)
 from .attribution import dla, dla_by_head, dla_by_layer
 from .circuits import Circuit, Head, head_label, parse_head
 from .display import attention_view, model_banner, setup_notebook, show_attention
 from .heads import attention_between, copy_score, format_heads, ov_logits, top_heads
 from .hooks import (
+    activations_at,
     all_heads,
     as_heads,
     capture,
@@ -21,7 +31,7 @@ from .hooks import (
     logits_at_positions,
     position_mask,
 )
-from .metrics import LogitDiffMetric, PositionMetric, answer_prob, logit_diff, logits_at, normalized_metric
+from .metrics import LogitDiffMetric, PositionMetric, answer_prob, logit_diff, logits_at, normalized_metric, percent_change
 from .models import (
     SUPPORTED_MODELS,
     CasebookError,

@@ -29,7 +29,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,6 +46,9 @@ __all__ = [
     "circuit_score",
     "circuit_scores",
     "CircuitEvaluator",
+    "minimality_scores",
+    "random_subsets",
+    "greedy_incompleteness",
 ]
 
 
@@ -308,3 +312,84 @@ class CircuitEvaluator:
         f_k = self.F(circuit=True, remove=k_nodes)
         f_kv = self.F(circuit=True, remove=kv_nodes)
         return {"F_C_minus_K": f_k, "F_C_minus_K_v": f_kv, "score": abs(f_kv - f_k)}
+
+
+# --------------------------------------------------------------------------------------
+# Minimality with per-head K sets; completeness with random and greedy K
+# --------------------------------------------------------------------------------------
+
+
+def minimality_scores(evaluator: CircuitEvaluator, k_sets: Mapping[Head, Iterable[Head]], *,
+                      progress: bool = False) -> list[dict]:
+    """Minimality of every head ``v`` of ``k_sets`` with its own ``K`` (Wang et al. §4.2).
+
+    ``k_sets``: ``{v: K}`` with heads as ``(layer, head)`` (K's heads at their circuit
+    positions, as in :meth:`CircuitEvaluator.minimality`). Each distinct set (K, and
+    K ∪ {v}) is scored once, in batched passes. Returns one dict per ``v``, in order:
+    ``{"head", "K", "F_C_minus_K", "F_C_minus_K_v", "change" = F(C \\ (K ∪ {v})) − F(C \\ K),
+    "score" = |change|}``.
+    """
+    configs: dict[frozenset, int] = {}
+    rows = []
+    for v, K in k_sets.items():
+        v = (int(v[0]), int(v[1]))
+        K = frozenset((int(a), int(b)) for a, b in K)
+        if v in K:
+            raise ValueError(f"head {v} is in its own K")
+        rows.append((v, K))
+        for cfg in (K, K | {v}):
+            configs.setdefault(cfg, len(configs))
+    order = sorted(configs, key=configs.get)
+    values = evaluator.scores([sorted(c) or None for c in order], circuit=True, progress=progress)
+    out = []
+    for v, K in rows:
+        f_k, f_kv = values[configs[K]], values[configs[K | {v}]]
+        out.append({"head": v, "K": sorted(K), "F_C_minus_K": f_k, "F_C_minus_K_v": f_kv,
+                    "change": f_kv - f_k, "score": abs(f_kv - f_k)})
+    return out
+
+
+def random_subsets(items: Sequence, n_draws: int, *, p: float = 0.5, seed: int = 0) -> list[list]:
+    """``n_draws`` random subsets of ``items``, each item in with probability ``p``
+    (Wang et al.'s random K for completeness, p = 1/2), seeded; empty draws are redrawn."""
+    if not 0 < p <= 1 or n_draws < 0 or not items:
+        raise ValueError(f"need items, n_draws ≥ 0 and 0 < p ≤ 1; got {len(items)} items, "
+                         f"n_draws={n_draws}, p={p}")
+    rng = random.Random(seed)
+    draws = []
+    while len(draws) < n_draws:
+        draw = [x for x in items if rng.random() < p]
+        if draw:
+            draws.append(draw)
+    return draws
+
+
+def greedy_incompleteness(evaluator: CircuitEvaluator, candidates: Sequence[Head], steps: int, *,
+                          sample: int | None = None, seed: int = 0,
+                          progress: bool = False) -> list[dict]:
+    """Greedy search for a K ⊆ C with a large incompleteness |F(C \\ K) − F(M \\ K)|.
+
+    Starting from K = ∅, each of ``steps`` steps tries adding every remaining candidate
+    (or ``sample`` of them, drawn with ``seed``), scores F(C \\ (K ∪ {v})) and
+    F(M \\ (K ∪ {v})) in batched passes, and keeps the v with the largest gap. Costs
+    2 × (candidates tried) ablated runs per step. Returns one dict per step:
+    ``{"K", "F_C_minus_K", "F_M_minus_K", "gap"}`` (K as a list of heads, in the order added).
+    """
+    if steps < 1 or steps > len(candidates):
+        raise ValueError(f"steps must be in 1..{len(candidates)} (the candidates), got {steps}")
+    rng = random.Random(seed)
+    K: list[Head] = []
+    trace = []
+    for _ in range(steps):
+        pool = [c for c in candidates if c not in K]
+        if sample is not None and sample < len(pool):
+            pool = rng.sample(pool, sample)
+        configs = [K + [v] for v in pool]
+        f_c = evaluator.scores(configs, circuit=True, progress=progress)
+        f_m = evaluator.scores(configs, progress=progress)
+        gaps = [abs(c - m) for c, m in zip(f_c, f_m)]
+        best = max(range(len(pool)), key=gaps.__getitem__)
+        K = configs[best]
+        trace.append({"K": list(K), "F_C_minus_K": f_c[best], "F_M_minus_K": f_m[best],
+                      "gap": gaps[best]})
+    return trace

@@ -111,7 +111,10 @@ def copy_score(
         )
     out = {}
     for head in heads:
-        logits = sign * ov_logits(model, head, resid, include_bias=include_bias)
-        top = logits.topk(k, dim=-1).indices
-        out[head_label(*parse_head(head))] = (top == token_ids[:, None]).any(-1).float().mean().item()
+        hits = 0.0
+        for start in range(0, resid.shape[0], 256):  # 256 rows of d_vocab logits at a time
+            logits = sign * ov_logits(model, head, resid[start : start + 256], include_bias=include_bias)
+            top = logits.topk(k, dim=-1).indices
+            hits += (top == token_ids[start : start + 256, None]).any(-1).float().sum().item()
+        out[head_label(*parse_head(head))] = hits / max(1, resid.shape[0])
     return out

@@ -7,6 +7,8 @@
 * :func:`capture`: logits plus chosen activations of one hooked run.
 * :func:`logits_at_positions`: logits at one position per prompt without the full
   ``[batch, seq, d_vocab]`` unembedding.
+* :func:`activations_at`: one activation at chosen positions of every prompt, stopping the
+  forward pass right after it (e.g. ``blocks.0.hook_resid_post`` costs one block).
 * :func:`folded_layer_norm`: LayerNorm as compatibility mode leaves it (weights folded
   into the next matrix): centre, then scale to unit RMS.
 """
@@ -32,6 +34,7 @@ __all__ = [
     "one_position_per_prompt",
     "capture",
     "logits_at_positions",
+    "activations_at",
     "folded_layer_norm",
 ]
 
@@ -227,3 +230,40 @@ def logits_at_positions(model, tokens, positions: Any = None, *, fwd_hooks: Sequ
     pos = one_position_per_prompt(positions, batch, seq).to(tokens.device)
     rows = store["resid"][torch.arange(batch, device=tokens.device), pos]  # [batch, d_model]
     return model.unembed(model.ln_final(rows[:, None]))[:, 0]
+
+
+@torch.no_grad()
+def activations_at(model, tokens, name: str, positions, *, batch_size: int = 256) -> torch.Tensor:
+    """``[n, k, ...]``: activation ``name`` (e.g. ``"blocks.0.hook_resid_post"``) of each of
+    the ``n`` prompts at its ``k`` positions (``positions``: ``[n, k]`` or ``[n]`` long).
+
+    Runs ``batch_size`` prompts at a time and stops each forward pass right after the hook,
+    so an early activation costs only the layers before it.
+    """
+    tokens = as_tokens(tokens)
+    positions = torch.as_tensor(positions, dtype=torch.long).cpu()
+    positions = positions[:, None] if positions.ndim == 1 else positions
+    n, seq = tokens.shape
+    if positions.ndim != 2 or positions.shape[0] != n:
+        raise ValueError(f"positions must be [n, k] or [n] for {n} prompts, got {tuple(positions.shape)}")
+    if positions.numel() and (positions.min() < 0 or positions.max() >= seq):
+        raise ValueError(f"positions must lie in 0..{seq - 1}")
+    out = []
+    for start in range(0, n, batch_size):
+        part = tokens[start : start + batch_size].to(model.cfg.device)
+        store: dict[str, torch.Tensor] = {}
+
+        def grab(t, hook):
+            store["t"] = t
+            raise _StopForward
+
+        try:
+            model.run_with_hooks(part, fwd_hooks=[(name, grab)])
+        except _StopForward:
+            pass
+        if "t" not in store:
+            raise ValueError(f"activations_at: the model has no hook point {name!r}")
+        pos = positions[start : start + batch_size].to(store["t"].device)
+        rows = torch.arange(part.shape[0], device=pos.device)[:, None]
+        out.append(store["t"][rows, pos])
+    return torch.cat(out)

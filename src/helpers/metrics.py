@@ -20,6 +20,7 @@ __all__ = [
     "logit_diff",
     "answer_prob",
     "normalized_metric",
+    "percent_change",
     "LogitDiffMetric",
     "PositionMetric",
     "metric_positions",
@@ -73,10 +74,28 @@ def answer_prob(
 def normalized_metric(patched, clean, corrupted) -> torch.Tensor | float:
     """(patched − clean) / (clean − corrupted): 0 = no effect, −1 = as bad as corrupted.
 
-    This is Wang et al.'s convention for path patching; add 1 for ARENA's
+    A course convention (ARENA's ``ioi_metric_2``), not Wang et al.'s: their path-patching
+    plots use :func:`percent_change`. Add 1 for ARENA's ``ioi_metric``,
     (patched − corrupted)/(clean − corrupted), where 1 means clean.
     """
     return (patched - clean) / (clean - corrupted)
+
+
+def percent_change(patched, clean) -> torch.Tensor | float:
+    """(patched − clean) / clean × 100: the "% change in logit difference" of Wang et al.'s
+    path-patching figures (0 = no effect, −100 = the metric falls to zero).
+
+    Works on floats, arrays and tensors (e.g. a ``[n_layers, n_heads]`` map of patched
+    scores against one clean score). A clean value of exactly 0 raises: the change is
+    undefined; a clean value near 0 makes every change large (noise made large).
+    """
+    if isinstance(clean, torch.Tensor):
+        zero = bool((clean == 0).any())
+    else:
+        zero = clean == 0
+    if zero:
+        raise ZeroDivisionError("percent_change: the clean value is 0, so a % change is undefined")
+    return (patched - clean) / clean * 100
 
 
 @dataclass(frozen=True)

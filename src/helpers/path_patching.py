@@ -12,7 +12,7 @@ For each sender head:
   (the ``q``/``k``/``v`` input of each receiver head, replaced at every position, or the
   final residual stream, i.e. the logits of pass C) and everything else recomputed;
 - the score is ``metric(logits of pass D)``: the raw metric, not a difference. Normalise
-  it yourself, e.g. with :func:`helpers.metrics.normalized_metric`.
+  it yourself, e.g. with :func:`helpers.metrics.percent_change` (Wang et al.'s figures).
 
 A sender in a layer at or after the **last** receiver layer has no path to any receiver;
 its entry is ``NaN`` (also the entry of heads not asked for in ``senders``). A sender before

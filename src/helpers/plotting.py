@@ -126,9 +126,18 @@ def heads_heatmap(
     return fig
 
 
-def bar(values, labels: Sequence[str], *, title: str, xaxis: str, yaxis: str) -> go.Figure:
-    """A titled, labelled bar chart (one bar per label)."""
-    fig = go.Figure(go.Bar(x=list(labels), y=_to_numpy(values)))
+def bar(values, labels: Sequence[str], *, title: str, xaxis: str, yaxis: str,
+        names: Sequence[str] | None = None) -> go.Figure:
+    """A titled, labelled bar chart (one bar per label); ``values`` ``[n]``, or
+    ``[n_series, n]`` with ``names`` for grouped bars (one legend entry per series)."""
+    y = _to_numpy(values)
+    if y.ndim == 1:
+        fig = go.Figure(go.Bar(x=list(labels), y=y))
+    else:
+        if names is None or len(names) != y.shape[0]:
+            raise ValueError("grouped bars ([n_series, n] values) need one name per series")
+        fig = go.Figure([go.Bar(x=list(labels), y=row, name=name) for row, name in zip(y, names)])
+        fig.update_layout(barmode="group", legend=dict(orientation="h", y=-0.25))
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis)
     return fig
 
@@ -148,16 +157,30 @@ def line(values, labels: Sequence[str] | None = None, *, title: str, xaxis: str,
 
 
 def scatter(x, y, labels: Sequence[str], *, title: str, xaxis: str, yaxis: str,
-            diagonal: bool = False) -> go.Figure:
+            diagonal: bool = False, groups: Sequence[str] | None = None) -> go.Figure:
     """A titled, labelled scatter plot with one named point per label.
 
     ``diagonal=True`` draws the line y = x across the data's range, for plots where a point
     on it means "the two measurements agree" (e.g. completeness: F(C \\ K) against F(M \\ K)).
+    ``groups`` (one name per point) draws each group as its own trace, with a legend entry.
     """
     xs, ys = _to_numpy(x), _to_numpy(y)
-    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers+text", text=list(labels),
-                               textposition="top center", showlegend=False,
-                               hovertemplate="%{text}<br>x %{x:.3f}<br>y %{y:.3f}<extra></extra>"))
+    labels = list(labels)
+    if groups is None:
+        fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers+text", text=labels,
+                                   textposition="top center", showlegend=False,
+                                   hovertemplate="%{text}<br>x %{x:.3f}<br>y %{y:.3f}<extra></extra>"))
+    else:
+        groups = list(groups)
+        if len(groups) != len(labels):
+            raise ValueError(f"groups has {len(groups)} names for {len(labels)} points")
+        fig = go.Figure()
+        for g in dict.fromkeys(groups):
+            idx = [i for i, name in enumerate(groups) if name == g]
+            fig.add_trace(go.Scatter(x=xs[idx], y=ys[idx], mode="markers", name=g,
+                                     text=[labels[i] for i in idx], marker=dict(size=9),
+                                     hovertemplate="%{text}<br>x %{x:.3f}<br>y %{y:.3f}<extra></extra>"))
+        fig.update_layout(legend=dict(orientation="h", y=-0.2))
     if diagonal and len(xs):
         lo, hi = float(min(xs.min(), ys.min())), float(max(xs.max(), ys.max()))
         pad = 0.05 * (hi - lo or 1.0)

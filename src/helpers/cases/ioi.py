@@ -5,13 +5,18 @@ finish "When Mary and John went to the store, John gave a drink to" with " Mary"
 indirect object IO ([A] in the paper) rather than the repeated subject S ([B]). This module
 turns the paper's sentence templates into batches of prompts with everything a circuit
 experiment needs: token ids, the answer and distractor tokens, the token positions of IO, S1,
-S1+1, S2 and END, per-template groups for mean ablation, and the p_ABC corruption.
+S1+1, S2 and END, per-template groups for mean ablation, and the p_ABC corruption. It also
+holds what the chapter compares against, as data: the published numbers (:data:`IOI`, from
+the text named in :data:`PAPER_VERSION`), the circuit (:data:`IOI_CIRCUIT`), the paper's
+minimality sets (:data:`MINIMALITY_SETS`, :data:`MINIMALITY_F`), its five path-patching
+experiments (:data:`PATH_PATCHING`) and the copy score's in-context inputs
+(:func:`copy_score_inputs`).
 
 Choices, stated once here and again where they bite:
 
-* **No BOS by default.** The paper fed GPT-2 its prompts without a leading
-  ``<|endoftext|>``; ARENA and the TransformerLens demos prepend one. ``prepend_bos=True``
-  puts token 50256 first and shifts every position by one.
+* **No BOS by default.** The authors' code fed GPT-2 its prompts without a leading
+  ``<|endoftext|>`` (the paper's text does not say); ARENA and the TransformerLens demos
+  prepend one. ``prepend_bos=True`` puts token 50256 first and shifts every position by one.
 * **Templates.** All 15 templates of the paper's App. E (Fig. 14), kept as data in
   :data:`BABA_TEMPLATES`, each usable in BABA order (as the paper writes them) and ABBA order
   (first [B] and first [A] swapped). The wordings were checked word for word against the
@@ -44,7 +49,11 @@ from typing import Any, Literal
 
 import torch
 
-from ..circuits import Circuit
+from ..circuits import Circuit, Head, parse_head
+from ..hooks import activations_at
+from ..metrics import percent_change
+from ..path_patching import path_patch
+from ..plotting import heads_heatmap
 from ..prompts import PAD_TOKEN_ID, PromptSet, _default_tokenizer, check_single_tokens, tokenize
 from ..scorecard import Reference
 
@@ -62,6 +71,13 @@ __all__ = [
     "template_text",
     "IOI",
     "IOI_CIRCUIT",
+    "PAPER_VERSION",
+    "MINIMALITY_SETS",
+    "MINIMALITY_F",
+    "minimality_k_sets",
+    "PathPatchingExperiment",
+    "PATH_PATCHING",
+    "copy_score_inputs",
 ]
 
 ORDERS = ("BABA", "ABBA")
@@ -507,9 +523,18 @@ def make_ioi_dataset(
 # taken from the authors' repository. The fact sheet behind these entries is the project's
 # shared/papers/ioi.md.
 
-#: Wang et al. 2022, "Interpretability in the Wild" (arXiv 2211.00593, ICLR 2023), GPT-2 small.
+#: Which text the numbers below come from. The anonymous ICLR submission (OpenReview) was an
+#: earlier draft with other numbers: 28 heads, mean logit difference 3.55, a 10% drop with
+#: the name movers knocked out, a 3% minimality floor.
+PAPER_VERSION = "final arXiv text (2211.00593; = ICLR 2023 camera-ready, 26 heads)"
+
+#: Wang et al. 2022, "Interpretability in the Wild" (arXiv 2211.00593, ICLR 2023), GPT-2 small,
+#: as in :data:`PAPER_VERSION`.
 IOI: dict[str, Reference] = {
-    "logit_diff": Reference(3.56, "Wang et al. 2022, §2 (100k prompts, no BOS)"),
+    "logit_diff": Reference(
+        3.56, "Wang et al. 2022, §2 (100k prompts); no BOS: from the authors' code "
+        "(Easy-Transformer experiments.py), not stated in the text"
+    ),
     "io_prob": Reference(0.49, "Wang et al. 2022, §2"),
     "io_beats_s": Reference(0.993, "Wang et al. 2022, §2"),
     "faithfulness_ratio": Reference(
@@ -517,13 +542,24 @@ IOI: dict[str, Reference] = {
     ),
     "faithfulness_gap": Reference(0.46, "Wang et al. 2022, §4"),
     "name_movers_knocked_out_drop": Reference(
-        0.05, "Wang et al. 2022, §3.4 (all three name movers out: logit difference falls ~5%)"
+        0.05, "Wang et al. 2022, §3.4 (9.9, 9.6, 10.0 mean-ablated at END over p_ABC per "
+        "template: logit difference falls ~5%)"
     ),
     "negative_movers_removed_F": Reference(
-        4.07, "Wang et al. 2022, App. K (negative name movers removed from the circuit)"
+        4.07, "Wang et al. 2022, App. K, Fig. 20 (F(C \\ {10.7, 11.10}); App. K's own F(C) is "
+        "2.62, not the ≈3.10 implied by §4)"
+    ),
+    "negative_movers_removed_rise": Reference(
+        1.45, "Wang et al. 2022, App. K, Fig. 20 (F rises 2.62 → 4.07 when 10.7 and 11.10 "
+        "leave the circuit; the rise, against App. K's own F(C) = 2.62)"
     ),
     "minimality_min_share": Reference(
-        0.01, "Wang et al. 2022, App. K / Fig. 20 (every node moves F by ≥ 1% of F(M))"
+        0.01, "Wang et al. 2022, §4.2, Fig. 7 (every node changes F by ≥ 1% of F(M) for its K; "
+        "K sets in App. K)"
+    ),
+    "greedy_incompleteness": Reference(
+        3.09, "Wang et al. 2022, §4.1, App. M (worst greedy K: |F(C \\ K) − F(M \\ K)| up to "
+        "3.09, 87% of F(M); k = 10, 10 runs)"
     ),
     "name_mover_attention_to_io": Reference(0.59, "Wang et al. 2022, §3.1"),
     "name_mover_copy_score": Reference(0.95, "Wang et al. 2022, §3.1 (> 95%)"),
@@ -558,7 +594,140 @@ IOI_CIRCUIT = Circuit.from_labels(
         "previous token": "S1+1",
     },
     source=(
-        "Wang et al. 2022, Fig. 2, §3 and App. F: 26 heads in 7 classes; 5.8, 5.9 ('fuzzy' "
-        "induction) and 0.10 ('fuzzy' duplicate token) as in the paper's final version"
+        "Wang et al. 2022, Fig. 2, §3 and App. F: 26 heads in 7 classes (final arXiv text); "
+        "5.8, 5.9 ('fuzzy' induction) and 0.10 ('fuzzy' duplicate token) from App. C "
+        "(path patching into the S-inhibition heads' keys)"
     ),
 )
+
+
+
+# --------------------------------------------------------------------------- minimality sets
+
+_NAME_MOVER_CHAIN = ("9.9", "10.0", "9.6", "10.10", "10.6", "10.2", "10.1", "11.2", "9.7")
+_NM_CLASS = _NAME_MOVER_CHAIN + ("9.0", "11.9")
+_NEGATIVE = ("10.7", "11.10")
+_S_INHIBITION = ("7.3", "7.9", "8.6", "8.10")
+_INDUCTION = ("5.5", "5.8", "5.9", "6.9")
+_DUPLICATE = ("0.1", "0.10", "3.0")
+_PREVIOUS = ("2.2", "4.11")
+
+
+def _others(group: tuple[str, ...], v: str) -> tuple[str, ...]:
+    return tuple(h for h in group if h != v)
+
+
+#: The K of every circuit head v for minimality (Wang et al. 2022, App. K, Fig. 20):
+#: ``{v: K}`` with heads as ``"L.H"``. Name movers and backups form a chain (each K is
+#: the heads before v in the value chain of Fig. 20, which matches the authors'
+#: ``minimality.py``); 9.0 and 11.9 drop the other twelve of the 11 name-mover-class heads
+#: and the 2 negative ones; other heads drop the rest of their group (5.5, 6.9: the other
+#: three of 5.5, 5.8, 5.9, 6.9), except 5.8 and 5.9, whose K is the negative name movers.
+MINIMALITY_SETS: dict[str, tuple[str, ...]] = {
+    **{v: _NAME_MOVER_CHAIN[:i] for i, v in enumerate(_NAME_MOVER_CHAIN)},
+    **{v: _others(_NM_CLASS + _NEGATIVE, v) for v in ("9.0", "11.9")},
+    **{v: _others(_NEGATIVE, v) for v in _NEGATIVE},
+    **{v: _others(_S_INHIBITION, v) for v in _S_INHIBITION},
+    **{v: _others(_INDUCTION, v) for v in ("5.5", "6.9")},
+    **{v: _NEGATIVE for v in ("5.8", "5.9")},
+    **{v: _others(_DUPLICATE, v) for v in _DUPLICATE},
+    **{v: _others(_PREVIOUS, v) for v in _PREVIOUS},
+}
+
+#: The paper's (F(C \\ K), F(C \\ (K ∪ {v}))) per head, read off App. K, Fig. 20 (paper text,
+#: via the project's fact sheet). For 9.0 and 11.9 the sheet gives one pair for both.
+MINIMALITY_F: dict[str, tuple[float, float]] = {
+    "9.9": (2.62, 2.26), "10.0": (2.26, 1.91), "9.6": (1.91, 2.11),
+    "10.10": (2.11, 1.88), "10.6": (1.88, 1.65), "10.2": (1.65, 1.49),
+    "10.1": (1.49, 1.37), "11.2": (1.37, 0.95), "9.7": (0.95, 0.81),
+    "9.0": (0.45, 0.41), "11.9": (0.45, 0.41),
+    "10.7": (3.13, 4.07), "11.10": (3.27, 4.07),
+    "7.3": (0.43, 0.24), "7.9": (0.92, 0.24), "8.6": (0.86, 0.24), "8.10": (1.01, 0.24),
+    "5.5": (2.12, 0.97), "6.9": (1.46, 0.97),
+    "5.8": (4.07, 3.83), "5.9": (4.07, 3.33),
+    "0.1": (1.90, 0.60), "0.10": (1.66, 0.60), "3.0": (1.05, 0.60),
+    "2.2": (1.75, 1.31), "4.11": (2.28, 1.31),
+}
+
+
+def minimality_k_sets() -> dict[Head, list[Head]]:
+    """:data:`MINIMALITY_SETS` as ``{(layer, head): [(layer, head), ...]}``, in circuit order,
+    ready for :func:`helpers.minimality_scores`."""
+    return {v: [parse_head(k) for k in MINIMALITY_SETS[f"{v[0]}.{v[1]}"]] for v in IOI_CIRCUIT.heads()}
+
+
+# --------------------------------------------------------------------------- path patching
+
+
+@dataclass(frozen=True)
+class PathPatchingExperiment:
+    """One of the paper's path-patching experiments, as data: which receivers (``"logits"``
+    or a class of :data:`IOI_CIRCUIT`) and which of their inputs, where the senders are
+    patched, and the heads that experiment found (``{legend: labels}``, marked on its
+    heatmap), with the source."""
+
+    title: str
+    receivers: str
+    receiver_input: str
+    sender_positions: str
+    found: dict[str, tuple[str, ...]]
+    source: str
+
+    def run(self, model, clean: IOIDataset, corrupted: IOIDataset, metric, **kwargs) -> torch.Tensor:
+        """``[n_layers, n_heads]`` path-patching scores (the raw metric of pass D)."""
+        receivers = "logits" if self.receivers == "logits" else IOI_CIRCUIT.heads(self.receivers)
+        return path_patch(model, clean.tokens, corrupted.tokens, metric, receivers=receivers,
+                          receiver_input=self.receiver_input, sender_positions=self.sender_positions,
+                          named_positions=clean.positions, **kwargs)
+
+    def heatmap(self, scores: torch.Tensor, clean_value: float):
+        """The paper's view: (patched − clean)/clean × 100 per sender, found heads marked."""
+        return heads_heatmap(percent_change(scores, clean_value), title=self.title,
+                             colorbar_title="% change in<br>logit diff.", marked=self.found)
+
+
+#: The five path-patching experiments of Wang et al. 2022 the chapter repeats.
+PATH_PATCHING: dict[str, PathPatchingExperiment] = {
+    "logits": PathPatchingExperiment(
+        "Path patching: sender (at END) → logits", "logits", "q", "END",
+        {"name movers (Fig. 3b)": ("9.9", "9.6", "10.0"),
+         "negative name movers (Fig. 3b)": ("10.7", "11.10")},
+        "Wang et al. 2022, §3.1, Fig. 3b"),
+    "name mover queries": PathPatchingExperiment(
+        "Path patching: sender (at END) → name movers' queries", "name mover", "q", "END",
+        {"S-inhibition (Fig. 4)": ("7.3", "7.9", "8.6", "8.10")},
+        "Wang et al. 2022, §3.2, Fig. 4"),
+    "s-inhibition values": PathPatchingExperiment(
+        "Path patching: sender (at S2) → S-inhibition heads' values", "s-inhibition", "v", "S2",
+        {"induction (Fig. 5)": ("5.5", "6.9"), "duplicate token (Fig. 5)": ("0.1", "3.0")},
+        "Wang et al. 2022, §3.3, Fig. 5"),
+    "s-inhibition keys": PathPatchingExperiment(
+        "Path patching: sender (at S2) → S-inhibition heads' keys", "s-inhibition", "k", "S2",
+        {"fuzzy induction / duplicate (App. C)": ("5.8", "5.9", "0.10"),
+         "opposite sign here (App. C)": ("0.1", "3.0")},
+        "Wang et al. 2022, App. C, Fig. 12"),
+    "induction keys": PathPatchingExperiment(
+        "Path patching: sender (at S1+1) → induction heads' keys", "induction", "k", "S1+1",
+        {"previous token (App. D)": ("2.2", "4.11")},
+        "Wang et al. 2022, App. D, Fig. 13"),
+}
+
+
+# --------------------------------------------------------------------------- copy score
+
+
+def copy_score_inputs(model, ds: IOIDataset, *, hook: str = "blocks.0.hook_resid_post",
+                      slots: Sequence[str] = _SLOTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's copy-score inputs (§3.1): the residual stream after block 0 (after MLP0)
+    at each name slot (IO, S1, S2) of the IOI prompts, read in context.
+
+    Returns ``(resid [n · len(slots), d_model], token_ids [n · len(slots)])``, slot-major
+    (all IO rows, then S1, then S2), for :func:`helpers.copy_score`.
+    """
+    bad = [s for s in slots if s not in _SLOTS]
+    if bad or not slots:
+        raise ValueError(f"slots must be among {_SLOTS}, got {list(slots)!r}")
+    pos = torch.stack([ds.positions[s] for s in slots], dim=1)  # [n, k]
+    resid = activations_at(model, ds.tokens, hook, pos)  # [n, k, d_model]
+    ids = ds.tokens.gather(1, pos)  # [n, k]
+    return resid.transpose(0, 1).reshape(-1, resid.shape[-1]), ids.T.reshape(-1).to(resid.device)
