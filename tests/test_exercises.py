@@ -121,3 +121,31 @@ def test_student_notebook_runs_at_smoke_size_with_the_stubs(path, tmp_path):
                       for o in c.outputs)
     assert printed.count("not implemented yet") == len([c for c in executed.cells
                                                         if "exercise" in c.metadata.get("tags", [])])
+
+
+def test_ioi_checks_pass_the_reference_and_name_known_mistakes():
+    from helpers import folded_layer_norm
+    from helpers.exercises.ioi import (
+        check_copy_score,
+        check_mean_ablation,
+        reference_copy_score,
+        reference_mean_ablation,
+    )
+
+    assert check_copy_score(reference_copy_score).passed
+    no_ln = check_copy_score(lambda r, V, O, U, t, k=5: (
+        (folded_layer_norm(r @ V @ O, 1e-5) @ U).topk(k, -1).indices == t[:, None]).any(-1).float().mean())
+    assert no_ln.status == "fail" and "before W_V" in no_ln.message
+    top1 = check_copy_score(lambda r, V, O, U, t, k=5: reference_copy_score(r, V, O, U, t, k=1))
+    assert "top-1" in top1.message
+    assert check_mean_ablation(reference_mean_ablation).passed
+
+    def everywhere(z, m, h, p):
+        out = z.clone()
+        out[:, :, h] = m[:, :, h]
+        return out
+
+    assert "every position" in check_mean_ablation(everywhere).message
+    off_by_one = check_mean_ablation(lambda z, m, h, p: reference_mean_ablation(z, m, h + 1, p))
+    assert "off by one" in off_by_one.message
+    assert check_mean_ablation(_todo).status == "todo"
