@@ -232,3 +232,20 @@ def test_positional_swaps(ds, mover):
     metric = letter_metric(ds.subset(range(6)), 1)
     noop = bos_swap_sweep(mover, tokens, metric, 8, 8)
     assert torch.allclose(noop, torch.full_like(noop, metric(clean).item()), atol=1e-4)
+
+
+def test_mover_analyses_single_out_the_planted_head(ds, mover):
+    from helpers.cases.acronyms import attention_and_dla, capital_residuals, ov_letter_matrix, positional_conditions
+
+    df = attention_and_dla(mover, ds.subset(range(8)), ["1.0", "1.1"])
+    means = df.groupby(["letter", "head"]).mean()
+    for i in (1, 2, 3):
+        assert means.loc[(i, "1.0"), "attention"] > 0.9 and means.loc[(i, "1.0"), "dla"] > 10
+        assert abs(means.loc[(i, "1.1"), "dla"]) < 1
+    resid, ids = capital_residuals(mover)
+    assert ids.shape == (26,) and resid.shape == (26, 128)
+    assert torch.equal(ov_letter_matrix(mover, "1.0", resid).argmax(-1), torch.arange(26))
+    table = positional_conditions(mover, ds.subset(range(8)), [MOVER], watch=MOVER)
+    assert list(table["condition"]) == ["clean", "positions swapped", "BOS attention swapped", "both swapped"]
+    att = table.iloc[:, 2]
+    assert att[0] > 0.9 and att[1] < 0.1  # the planted head finds Ci by its position embedding

@@ -64,7 +64,7 @@ from .patching import (
     run_with_patches,
 )
 from .positional import bos_swap_sweep, swap_bos_attention_hooks, swap_pos_embed_hooks
-from .plotting import bar, heads_heatmap, line, scatter, setup_plotting
+from .plotting import bar, heads_heatmap, layer_position_heatmap, line, scatter, setup_plotting
 from .project import COLAB_INSTALL_SPEC, REPOSITORY_URL
 from .prompts import PAD_TOKEN_ID, PromptSet, check_single_tokens, tokenize
 from .scorecard import Reference, Scorecard

@@ -59,6 +59,10 @@ __all__ = [
     "ACRONYMS",
     "ACRONYM_CIRCUIT",
     "ADD_BACK_ORDER",
+    "attention_and_dla",
+    "capital_residuals",
+    "ov_letter_matrix",
+    "positional_conditions",
 ]
 
 #: The 11 named positions, in order (BOS included).
@@ -376,3 +380,93 @@ def with_answers(ds: AcronymDataset, tokens: torch.Tensor) -> AcronymDataset:
     if tuple(tokens.shape) != tuple(ds.tokens.shape):
         raise ValueError(f"tokens {tuple(tokens.shape)} must have the shape {tuple(ds.tokens.shape)}")
     return replace(ds, tokens=tokens)
+
+
+# ------------------------------------------------------------------------------ letter movers
+
+
+@torch.no_grad()
+def attention_and_dla(model, ds: AcronymDataset, heads, letters=(1, 2, 3)):
+    """One row per (prompt, head, letter): the head's attention from Pi to Ci and its direct
+    logit attribution to the correct letter at Pi (along W_U[:, letter], after the final
+    LayerNorm's scale; :func:`helpers.dla_by_head`). A pandas DataFrame with columns
+    ``letter, head, attention, dla``."""
+    import pandas as pd
+
+    from ..attribution import dla_by_head
+    from ..circuits import head_label, parse_head
+    from ..hooks import hook_name
+
+    heads = [parse_head(h) for h in heads]
+    _, cache = model.run_with_cache(ds.tokens.to(model.cfg.device))
+    rows = torch.arange(len(ds))
+    frames = []
+    for i in letters:
+        _check_letter(i)
+        p, c = PREDICTION_POSITIONS[i], 2 * i
+        direct = dla_by_head(model, cache, ds.letters(i), None, ds.positions[f"P{i}"])
+        for L, h in heads:
+            att = cache[hook_name("pattern", L)][rows, h, p, c].float().cpu()
+            frames.append(pd.DataFrame({
+                "letter": i, "head": head_label(L, h), "attention": att.numpy(),
+                "dla": direct[L, h].float().cpu().numpy(),
+            }))
+    del cache
+    return pd.concat(frames, ignore_index=True)
+
+
+@torch.no_grad()
+def capital_residuals(model, tokenizer: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(resid [26, d_model], spaced capital ids [26])``: each spaced capital " A".." Z"
+    read as a one-token prompt, in the residual stream entering layer 1 (embedding,
+    position 0, layer 0's attention and MLP): the "embedding + MLP0" input of an OV circuit."""
+    from ..hooks import capture, hook_name
+
+    tokenizer = tokenizer or _default_tokenizer()
+    ids = torch.tensor([tokenizer.encode(" " + chr(65 + i))[0] for i in range(26)])
+    name = hook_name("resid_pre", 1)
+    _, acts = capture(model, ids[:, None], [name])
+    return acts[name][:, 0], ids
+
+
+@torch.no_grad()
+def ov_letter_matrix(model, head, resid: torch.Tensor) -> torch.Tensor:
+    """``[26, 26]``: the head's full OV circuit from each spaced capital's residual (rows, A..Z)
+    to the logits of the letters "A".."Z" (columns), each row centred on its mean."""
+    from ..heads import ov_logits
+
+    out = ov_logits(model, head, resid)[:, list(LETTER_IDS)].float().cpu()
+    return out - out.mean(-1, keepdim=True)
+
+
+# ------------------------------------------------------------------------------ positional
+
+
+@torch.no_grad()
+def positional_conditions(model, ds: AcronymDataset, bos_heads, *, letter: int = 1, other: int = 2,
+                          watch=(8, 11)):
+    """The paper's four conditions for ``letter``: clean, the positional embeddings of
+    C{letter} and C{other} swapped, attention-to-BOS swapped between those two query
+    positions in ``bos_heads``, and both. Returns a DataFrame: condition, the letter's
+    metric, and the attention of head ``watch`` from P{letter} to C{letter}."""
+    import pandas as pd
+
+    from ..hooks import as_heads, capture, hook_name
+    from ..positional import swap_bos_attention_hooks, swap_pos_embed_hooks
+
+    _check_letter(letter)
+    _check_letter(other)
+    a, b = 2 * letter, 2 * other
+    pos = swap_pos_embed_hooks(a, b)
+    bos = swap_bos_attention_hooks(model, bos_heads, a, b) if bos_heads else []
+    metric = letter_metric(ds, letter)
+    ((L, h),) = as_heads([watch], model)
+    name = hook_name("pattern", L)
+    rows = []
+    for label, hooks in (("clean", []), ("positions swapped", pos), ("BOS attention swapped", bos),
+                         ("both swapped", pos + bos)):
+        logits, acts = capture(model, ds.tokens, [name], fwd_hooks=hooks)
+        att = acts[name][:, h, PREDICTION_POSITIONS[letter], a].mean().item()
+        rows.append({"condition": label, f"logit diff. (letter {letter})": metric(logits).item(),
+                     f"attention {L}.{h}: P{letter} → C{letter}": att})
+    return pd.DataFrame(rows)
