@@ -249,3 +249,16 @@ def test_mover_analyses_single_out_the_planted_head(ds, mover):
     assert list(table["condition"]) == ["clean", "positions swapped", "BOS attention swapped", "both swapped"]
     att = table.iloc[:, 2]
     assert att[0] > 0.9 and att[1] < 0.1  # the planted head finds Ci by its position embedding
+
+
+def test_bos_swap_sweep_stacked_equals_one_head_at_a_time(ds, mover):
+    tokens = ds.tokens[:4]
+    metric = letter_metric(ds.subset(range(4)), 2)
+    stacked = bos_swap_sweep(mover, tokens, metric, 4, 9)
+    single = bos_swap_sweep(mover, tokens, metric, 4, 9, batch_tokens=1)
+    for L in range(2):
+        for h in range(2):
+            hooks = swap_bos_attention_hooks(mover, [(L, h)], 4, 9)
+            plain = metric(mover.run_with_hooks(tokens, fwd_hooks=hooks)).item()
+            assert stacked[L, h].item() == pytest.approx(plain, abs=1e-4)
+            assert single[L, h].item() == pytest.approx(plain, abs=1e-4)

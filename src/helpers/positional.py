@@ -89,21 +89,40 @@ def bos_swap_sweep(
     q_b: int,
     *,
     heads: Iterable[Head] | None = None,
+    batch_tokens: int = 2048,
     progress: bool = False,
 ) -> torch.Tensor:
     """``[n_layers, n_heads]``: the metric with the BOS swap applied to one head at a time.
 
-    ``heads``: the heads to try (default all; the rest are ``NaN``).
+    ``heads``: the heads to try (default all; the rest are ``NaN``). Several heads are tried
+    in one forward pass (copies of the batch stacked, up to ``batch_tokens`` tokens).
     """
     tokens = as_tokens(tokens).to(model.cfg.device)
+    batch, seq = tokens.shape
     heads = as_heads(heads, model)
+    a, b = _check_positions(q_a, q_b)
     out = torch.full((model.cfg.n_layers, model.cfg.n_heads), math.nan)
-    iterator = heads
+    per_pass = max(1, batch_tokens // (batch * seq))
+    groups = [heads[i : i + per_pass] for i in range(0, len(heads), per_pass)]
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(heads, desc="BOS swap, one head at a time")
-    for L, h in iterator:
-        logits = model.run_with_hooks(tokens, fwd_hooks=swap_bos_attention_hooks(model, [(L, h)], q_a, q_b))
-        out[L, h] = metric_scalar(metric(logits))
+        groups = tqdm(groups, desc="BOS swap, one head at a time")
+    for group in groups:
+        k = len(group)
+        fwd = []
+        for L in sorted({L for L, _ in group}):
+
+            def swap(pattern, hook, _L=L, _group=group):
+                view = pattern.view(len(_group), -1, *pattern.shape[1:]).clone()
+                for j, (gl, h) in enumerate(_group):
+                    if gl == _L:
+                        view[j] = _swap_bos_rows(view[j], [h], a, b)
+                return view.view(pattern.shape)
+
+            fwd.append((hook_name("pattern", L), swap))
+        logits = model.run_with_hooks(tokens.repeat(k, 1), fwd_hooks=fwd)
+        logits = logits.view(k, batch, *logits.shape[1:])
+        for j, (L, h) in enumerate(group):
+            out[L, h] = metric_scalar(metric(logits[j]))
     return out
