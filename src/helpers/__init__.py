@@ -31,7 +31,16 @@ from .hooks import (
     logits_at_positions,
     position_mask,
 )
-from .metrics import LogitDiffMetric, PositionMetric, answer_prob, logit_diff, logits_at, normalized_metric, percent_change
+from .metrics import (
+    LogitDiffMetric,
+    PositionMetric,
+    answer_prob,
+    logit_diff,
+    logit_diff_vs_rivals,
+    logits_at,
+    normalized_metric,
+    percent_change,
+)
 from .models import (
     SUPPORTED_MODELS,
     CasebookError,
@@ -54,7 +63,8 @@ from .patching import (
     replace_z_hooks,
     run_with_patches,
 )
-from .plotting import bar, heads_heatmap, line, scatter, setup_plotting
+from .positional import bos_swap_sweep, swap_bos_attention_hooks, swap_pos_embed_hooks
+from .plotting import bar, heads_heatmap, layer_position_heatmap, line, scatter, setup_plotting
 from .project import COLAB_INSTALL_SPEC, REPOSITORY_URL
 from .prompts import PAD_TOKEN_ID, PromptSet, check_single_tokens, tokenize
 from .scorecard import Reference, Scorecard

@@ -293,6 +293,18 @@ class CircuitEvaluator:
             progress=progress,
         )
 
+    def add_back(self, order, *, progress: bool = False) -> list[float]:
+        """The add-back curve: every node outside the circuit ablated, then the circuit's
+        heads ``order`` (``[(layer, head), ...]``, each at its circuit positions) added back
+        one at a time. ``len(order) + 1`` scores: nothing kept, then the first 1, 2, ... heads
+        (the last is F(C) when ``order`` covers the circuit)."""
+        order = [(int(L), int(h)) for L, h in order]
+        missing = [h for h in order if h not in self.circuit]
+        if missing:
+            raise KeyError(f"heads {missing} are not in the circuit; add-back needs circuit heads")
+        rest = [h for h in self.circuit if h not in order]
+        return self.scores([order[k:] + rest for k in range(len(order) + 1)], circuit=True, progress=progress)
+
     def faithfulness(self) -> dict:
         """``{"F_M", "F_C", "gap" = |F(M) − F(C)|, "ratio" = F(C)/F(M)}``."""
         f_m, f_c = self.F(), self.F(circuit=True)

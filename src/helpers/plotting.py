@@ -33,6 +33,7 @@ __all__ = [
     "head_label",
     "parse_head",
     "heads_heatmap",
+    "layer_position_heatmap",
     "bar",
     "line",
     "scatter",
@@ -123,6 +124,25 @@ def heads_heatmap(
         height=height or max(350, 28 * n_layers + 150),
         width=max(500, 40 * n_heads + 250),
     )
+    return fig
+
+
+def layer_position_heatmap(values, positions: Sequence[str], *, title: str,
+                           colorbar_title: str = "", zmid: float = 0.0) -> go.Figure:
+    """Layer × position heatmap (``values``: ``[n_layers, seq]``), columns named by
+    ``positions`` (e.g. the prompt's tokens or position names)."""
+    z = _to_numpy(values)
+    if z.ndim != 2 or z.shape[1] != len(positions):
+        raise ValueError(f"values must be [n_layers, {len(positions)}], got {z.shape}")
+    x = [f"{i}: {p}" for i, p in enumerate(positions)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=x, y=list(range(z.shape[0])), colorscale="RdBu", zmid=zmid,
+        colorbar=dict(title=colorbar_title),
+        hovertemplate="layer %{y}, %{x}<br>value %{z:.3f}<extra></extra>",
+    ))
+    fig.update_layout(title=title, xaxis=dict(title="Position"),
+                      yaxis=dict(title="Layer", dtick=1, autorange="reversed"),
+                      height=max(350, 28 * z.shape[0] + 150))
     return fig
 
 

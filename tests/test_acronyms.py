@@ -1,0 +1,264 @@
+"""The acronyms chapter (helpers.cases.acronyms): the data rules on GPT-2's real tokenizer,
+the per-letter metric, a planted letter mover found by the chapter's analyses, the add-back
+curve, and the positional interventions (helpers.positional)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest_acronyms import MOVER, build_letter_mover
+from helpers import (
+    CircuitEvaluator,
+    PositionMetric,
+    attention_between,
+    bos_swap_sweep,
+    capture,
+    copy_score,
+    head_means,
+    hook_name,
+    logit_diff_vs_rivals,
+    patch_heads,
+    run_with_mean_ablation,
+    swap_bos_attention_hooks,
+    swap_pos_embed_hooks,
+    top_heads,
+)
+from helpers.cases.acronyms import (
+    ACRONYM_CIRCUIT,
+    ACRONYMS,
+    ADD_BACK_ORDER,
+    CORRUPTIONS,
+    LETTER_IDS,
+    POSITION_NAMES,
+    check_nouns,
+    corruption_columns,
+    filter_correct,
+    letter_distribution,
+    letter_logit_diffs,
+    letter_metric,
+    load_nouns,
+    make_acronym_dataset,
+    valid_acronyms,
+)
+from helpers.models import gpt2_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return gpt2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def ds(tok):
+    return make_acronym_dataset(40, seed=0, tokenizer=tok)
+
+
+@pytest.fixture(scope="module")
+def mover():
+    return build_letter_mover()
+
+
+# ----------------------------------------------------------------------------- data rules
+
+
+def test_letter_tokens_are_32_to_57(tok):
+    assert [tok.decode([i]) for i in LETTER_IDS] == [chr(65 + i) for i in range(26)]
+
+
+def test_every_shipped_noun_is_spaced_capital_plus_one_token(tok):
+    nouns = load_nouns()
+    ids = check_nouns(nouns, tok)
+    assert len(nouns) == len(ids) == 375
+    for w, (cap, rest) in ids.items():
+        assert tok.decode([cap]) == " " + w[0] and tok.decode([rest]) == w[1:]
+        assert tok.encode(" " + w) == [cap, rest]
+
+
+def test_prompts_tokenize_to_the_template(ds, tok):
+    assert ds.tokens.shape == (40, 11) and ds.prepend_bos
+    assert (ds.tokens[:, 0] == 50256).all()
+    for i in range(len(ds)):
+        words, acr = ds.words[i], ds.acronyms[i]
+        assert acr == "".join(w[0] for w in words) and acr in valid_acronyms(tok)
+        row = ds.tokens[i].tolist()
+        assert row[1:] == tok.encode(ds.prompts[i])  # the text is exactly these tokens
+        assert tok.encode(ds.prompts[i] + acr[2]) == row[1:] + [int(ds.answers[i, 2])]
+        for j, w in enumerate(words):
+            c, t = ds.positions[f"C{j + 1}"][i], ds.positions[f"T{j + 1}"][i]
+            assert tok.decode([row[c]]) == " " + w[0] and tok.decode([row[t]]) == w[1:]
+        assert [tok.decode([a]) for a in ds.answers[i].tolist()] == list(acr)
+        assert row[9:11] == ds.answers[i, :2].tolist()  # teacher forcing: A1 A2 are in the prompt
+    for k, name in enumerate(POSITION_NAMES):
+        assert (ds.positions[name] == k).all()
+    assert [int(ds.positions[f"P{i}"][0]) for i in (1, 2, 3)] == [8, 9, 10]
+
+
+def test_same_seed_same_prompts(tok):
+    a, b = make_acronym_dataset(10, seed=3, tokenizer=tok), make_acronym_dataset(10, seed=3, tokenizer=tok)
+    assert a.prompts == b.prompts and torch.equal(a.tokens, b.tokens)
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+@pytest.mark.parametrize("letter", [1, 2, 3])
+def test_corruptions_change_only_their_positions(ds, kind, letter):
+    bad = ds.corrupt(kind, letter, seed=1)
+    cols = corruption_columns(kind, letter)
+    changed = (bad != ds.tokens).any(0).nonzero().flatten().tolist()
+    assert set(changed) <= set(cols)
+    if kind == "current word":
+        assert set(changed) == set(cols)  # 40 permuted prompts: some word differs
+    base = ds.corrupted_base(seed=1)
+    assert torch.equal(bad[:, cols], base[:, cols])
+
+
+def test_letter_distribution_is_skewed_like_the_papers(tok):
+    dist = letter_distribution(make_acronym_dataset(300, seed=0, tokenizer=tok))
+    assert dist["Q"] == dist["U"] == dist["X"] == 0
+    assert sum(dist.values()) == 900
+
+
+def test_bad_inputs_give_clear_errors(ds, tok, mover):
+    with pytest.raises(ValueError, match="at least 1"):
+        make_acronym_dataset(0)
+    with pytest.raises(ValueError, match="letter must be"):
+        ds.corrupt("current word", 4)
+    with pytest.raises(ValueError, match="corruption kind"):
+        ds.corrupt("next word", 1)
+    with pytest.raises(ValueError, match="token rules"):
+        check_nouns(["Bait", "Xylophonist"], tok)
+    with pytest.raises(ValueError, match="fully right"):
+        filter_correct(mover, ds, n=len(ds) + 1)
+    with pytest.raises(KeyError, match="unknown position"):
+        ds.position("C4")
+
+
+# ----------------------------------------------------------------------------- metric
+
+
+def test_rival_metric_on_hand_made_logits():
+    logits = torch.zeros(2, 3, 60)  # [batch, seq, vocab]
+    logits[0, 1, 35] = 5.0  # prompt 0: answer "D" (35) at 5, best rival "B" (33) at 2
+    logits[0, 1, 33] = 2.0
+    logits[0, 1, 10] = 9.0  # not a letter: ignored
+    logits[1, 1, 40] = 1.0  # prompt 1: answer "I" (40) at 1, best rival "Z" (57) at 4
+    logits[1, 1, 57] = 4.0
+    answer = torch.tensor([35, 40])
+    per = logit_diff_vs_rivals(logits, answer, torch.tensor(LETTER_IDS), 1, mean=False)
+    assert per.tolist() == [3.0, -3.0]
+    metric = PositionMetric(lambda lg: logit_diff_vs_rivals(lg, answer, torch.tensor(LETTER_IDS)),
+                            torch.tensor([1, 1]))
+    assert metric(logits).item() == 0.0
+
+
+def test_letter_metric_matches_per_prompt_values(ds, mover):
+    per = letter_logit_diffs(mover, ds)
+    logits = mover(ds.tokens)
+    for i in (1, 2, 3):
+        assert letter_metric(ds, i)(logits).item() == pytest.approx(per[:, i - 1].mean().item(), abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- planted letter mover
+
+
+@pytest.mark.parametrize("letter", [1, 2, 3])
+def test_head_patching_ranks_the_planted_mover_first(ds, mover, letter):
+    metric = letter_metric(ds, letter)
+    clean = metric(mover(ds.tokens)).item()
+    assert clean > 5
+    scores = patch_heads(mover, ds.tokens, ds.corrupt("current word", letter), metric)
+    label, value = top_heads(scores - clean, k=1, largest=False)[0]
+    assert label == "1.0" and value < -5
+
+
+def test_attention_and_copy_score_rank_the_planted_mover_first(ds, mover):
+    heads = [(L, h) for L in range(2) for h in range(2)]
+    for i in (1, 2, 3):
+        att = attention_between(mover, ds.tokens, heads, ds.positions[f"P{i}"], ds.positions[f"C{i}"])
+        assert max(att, key=att.get) == "1.0" and att["1.0"] > 0.9
+    spaced = torch.tensor([gpt2_tokenizer().encode(" " + chr(65 + i))[0] for i in range(26)])
+    name = hook_name("resid_pre", 1)
+    _, acts = capture(mover, spaced[:, None], [name])
+    scores = copy_score(mover, heads, acts[name][:, 0], torch.tensor(LETTER_IDS))
+    assert max(scores, key=scores.get) == "1.0" and scores["1.0"] == 1.0
+
+
+# ----------------------------------------------------------------------------- add-back curve
+
+
+def test_add_back_curve_equals_hand_computed_values(ds, tiny_model):
+    sub = ds.subset(range(8))
+    bad = sub.corrupt("current word", 2, seed=1)
+    means = head_means(tiny_model, bad)
+    metric = letter_metric(sub, 2)
+    order = [(1, 2), (0, 1), (1, 0)]
+    ev = CircuitEvaluator(tiny_model, sub.tokens, metric, means, {h: None for h in order})
+    curve = ev.add_back(order)
+    assert len(curve) == 4
+    for k in range(4):
+        ablate = torch.ones(8, 11, 2, 4, dtype=torch.bool)
+        for L, h in order[:k]:
+            ablate[:, :, L, h] = False
+        expected = metric(run_with_mean_ablation(tiny_model, sub.tokens, means, ablate)).item()
+        assert curve[k] == pytest.approx(expected, abs=1e-4)
+    assert curve[-1] == pytest.approx(ev.F(circuit=True), abs=1e-5)
+    with pytest.raises(KeyError, match="not in the circuit"):
+        ev.add_back([(0, 0)])
+
+
+def test_paper_circuit_and_order():
+    assert len(ACRONYM_CIRCUIT) == ACRONYMS["circuit_heads"].value == 8
+    assert set(ADD_BACK_ORDER) == set(ACRONYM_CIRCUIT.heads())
+    assert ACRONYM_CIRCUIT.labels("letter mover") == ["8.11", "9.9", "10.10", "11.4"]
+
+
+# ----------------------------------------------------------------------------- positional
+
+
+def test_positional_swaps(ds, mover):
+    tokens = ds.tokens[:6]
+    clean = mover(tokens)
+    assert torch.allclose(mover.run_with_hooks(tokens, fwd_hooks=swap_pos_embed_hooks(3, 3)), clean)
+    # swapping the key markers of C1 and C2 sends P1's attention to C2: letter 1 gets letter 2
+    logits = mover.run_with_hooks(tokens, fwd_hooks=swap_pos_embed_hooks(2, 4))
+    assert (logits[:, 8].argmax(-1) == ds.answers[:6, 1]).all()
+    name = hook_name("pattern", 1)
+    _, plain = capture(mover, tokens, [name])
+    _, swapped = capture(mover, tokens, [name], fwd_hooks=swap_bos_attention_hooks(mover, [MOVER], 8, 9))
+    p, s = plain[name][:, 0], swapped[name][:, 0]
+    assert torch.allclose(s[:, 8, 0], p[:, 9, 0]) and torch.allclose(s[:, 9, 0], p[:, 8, 0])
+    assert torch.allclose(s.sum(-1), torch.ones_like(s.sum(-1)), atol=1e-5)
+    assert torch.equal(swapped[name][:, 1], plain[name][:, 1])  # other heads untouched
+    metric = letter_metric(ds.subset(range(6)), 1)
+    noop = bos_swap_sweep(mover, tokens, metric, 8, 8)
+    assert torch.allclose(noop, torch.full_like(noop, metric(clean).item()), atol=1e-4)
+
+
+def test_mover_analyses_single_out_the_planted_head(ds, mover):
+    from helpers.cases.acronyms import attention_and_dla, capital_residuals, ov_letter_matrix, positional_conditions
+
+    df = attention_and_dla(mover, ds.subset(range(8)), ["1.0", "1.1"])
+    means = df.groupby(["letter", "head"]).mean()
+    for i in (1, 2, 3):
+        assert means.loc[(i, "1.0"), "attention"] > 0.9 and means.loc[(i, "1.0"), "dla"] > 10
+        assert abs(means.loc[(i, "1.1"), "dla"]) < 1
+    resid, ids = capital_residuals(mover)
+    assert ids.shape == (26,) and resid.shape == (26, 128)
+    assert torch.equal(ov_letter_matrix(mover, "1.0", resid).argmax(-1), torch.arange(26))
+    table = positional_conditions(mover, ds.subset(range(8)), [MOVER], watch=MOVER)
+    assert list(table["condition"]) == ["clean", "positions swapped", "BOS attention swapped", "both swapped"]
+    att = table.iloc[:, 2]
+    assert att[0] > 0.9 and att[1] < 0.1  # the planted head finds Ci by its position embedding
+
+
+def test_bos_swap_sweep_stacked_equals_one_head_at_a_time(ds, mover):
+    tokens = ds.tokens[:4]
+    metric = letter_metric(ds.subset(range(4)), 2)
+    stacked = bos_swap_sweep(mover, tokens, metric, 4, 9)
+    single = bos_swap_sweep(mover, tokens, metric, 4, 9, batch_tokens=1)
+    for L in range(2):
+        for h in range(2):
+            hooks = swap_bos_attention_hooks(mover, [(L, h)], 4, 9)
+            plain = metric(mover.run_with_hooks(tokens, fwd_hooks=hooks)).item()
+            assert stacked[L, h].item() == pytest.approx(plain, abs=1e-4)
+            assert single[L, h].item() == pytest.approx(plain, abs=1e-4)
