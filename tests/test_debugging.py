@@ -295,3 +295,9 @@ def test_trace_needs_one_position_and_a_valid_mode(dbg):
         dbg.trace("N1.3@3", "q")
     with pytest.raises(DebuggerInputError, match="reference"):
         dbg.ablate("H1.0", how="mean")
+
+
+def test_residual_sae_falls_back_to_a_labelled_untrained_autoencoder(tiny_model):
+    sae, text = case.residual_sae(tiny_model, 1, d_sae=32)
+    assert isinstance(sae, ReluSAE) and not sae.trained and "UNTRAINED" in text
+    assert tuple(sae.W_dec.shape) == (32, tiny_model.cfg.d_model)

@@ -36,6 +36,7 @@ of layer 5 at position 7) or ``"N5.1234"`` (every position).
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 TRACE_MODES = ("q", "k", "qk", "v")
+_WEIGHTS = weakref.WeakKeyDictionary()
 KINDS = ("head", "neuron", "embed", "bias")
 COLUMNS = ("activation", "write_norm", "direct_effect", "est_total_effect")
 
@@ -190,6 +192,17 @@ class _Ablation:
         return t
 
 
+def _weights(model) -> dict[str, torch.Tensor]:
+    """The bridge's stacked weights, read once per model (each property access rebuilds them)."""
+    cache = _WEIGHTS.get(model)
+    if cache is None:
+        cache = {name: getattr(model, name).detach() for name in ("W_O", "W_out", "W_U", "b_O", "b_out")}
+        b_U = getattr(model, "b_U", None)
+        cache["b_U"] = None if b_U is None else b_U.detach()
+        _WEIGHTS[model] = cache
+    return cache
+
+
 def _names(model, layer: int) -> dict[str, str]:
     from .hooks import hook_name
 
@@ -209,8 +222,10 @@ class _Run:
     final_scale: float
 
 
-def _hooked_run(model, tokens: torch.Tensor, target, ablation: _Ablation | None) -> _Run:
-    """One forward + one backward pass; activations and d(target)/d(activation) everywhere."""
+def _hooked_run(model, tokens: torch.Tensor, target, ablation: _Ablation | None, *,
+                need_grad: bool = True) -> _Run:
+    """One forward + one backward pass; activations and d(target)/d(activation) everywhere.
+    ``need_grad=False``: the forward pass only (value and logits; no activations, no grads)."""
     from .hooks import hook_name
 
     n_layers = model.cfg.n_layers
@@ -229,7 +244,7 @@ def _hooked_run(model, tokens: torch.Tensor, target, ablation: _Ablation | None)
         def hook(t, hook):
             if ablation is not None:
                 t = ablation.apply(name, t, layer, site)
-            if site in _DELTA_SITES or site in ("embed", "pos_embed"):
+            if need_grad and (site in _DELTA_SITES or site in ("embed", "pos_embed")):
                 d = torch.zeros_like(t, requires_grad=True)
                 deltas[(site, layer)] = d
                 acts[(site, layer)] = t.detach()[0]
@@ -260,7 +275,7 @@ def _hooked_run(model, tokens: torch.Tensor, target, ablation: _Ablation | None)
         return t
 
     hooks.append(("ln_final.hook_scale", grab_scale))
-    with torch.enable_grad():
+    with torch.set_grad_enabled(need_grad):
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
         last = logits[0, -1]
         if isinstance(target, _LogitTarget):
@@ -271,10 +286,12 @@ def _hooked_run(model, tokens: torch.Tensor, target, ablation: _Ablation | None)
                 value = keep["post"][0, node.dest, node.index]
             elif target.through == "v":
                 write = keep["pattern"][0, node.index, node.dest, node.src].detach() * (
-                    keep["v"][0, node.src, node.index] @ model.W_O[node.layer, node.index])
+                    keep["v"][0, node.src, node.index] @ _weights(model)["W_O"][node.layer, node.index])
                 value = write @ target.direction.to(write)
             else:
                 value = keep["attn_scores"][0, node.index, node.dest, node.src]
+        if not need_grad:
+            return _Run(float(value), last.detach(), {}, {}, float(scale_store.get("s", float("nan"))))
         keys = list(deltas)
         grads = torch.autograd.grad(value, [deltas[k] for k in keys], allow_unused=True)
     grad_map = {k: (torch.zeros_like(deltas[k]) if g is None else g)[0] for k, g in zip(keys, grads)}
@@ -337,6 +354,7 @@ class Debugger:
         self._target = _target_spec or _LogitTarget(self.target_id, self.distractor_id)
         self._ablation = _ablation
         self._run_cache: _Run | None = None
+        self._forward_cache: _Run | None = None
         self._frame: pd.DataFrame | None = None
 
     # ----------------------------------------------------------------- basics
@@ -359,19 +377,28 @@ class Debugger:
         return self._target.describe(self.model)
 
     @property
+    def _forward(self) -> _Run:
+        """The run without gradients, for the value alone (ablation sweeps)."""
+        if self._run_cache is not None:
+            return self._run_cache
+        if self._forward_cache is None:
+            self._forward_cache = _hooked_run(self.model, self.tokens, self._target, self._ablation, need_grad=False)
+        return self._forward_cache
+
+    @property
     def value(self) -> float:
         """The current target's value: the logit difference, or the traced node's activation."""
-        return self._run.value
+        return self._forward.value
 
     @property
     def logit_diff(self) -> float:
         """logit(target) − logit(distractor) at the last token (on this run's ablations)."""
-        last = self._run.logits
+        last = self._forward.logits
         return float(last[self.target_id] - last[self.distractor_id])
 
     def top_candidates(self, k: int = 10) -> pd.DataFrame:
         """The ``k`` most likely next tokens, with logit and probability."""
-        logits = self._run.logits.float()
+        logits = self._forward.logits.float()
         probs = logits.softmax(-1)
         top = logits.topk(k).indices.tolist()
         return pd.DataFrame({
@@ -390,7 +417,7 @@ class Debugger:
         the layer and site of the target's read-in (None for the logits)."""
         run, model = self._run, self.model
         if isinstance(self._target, _LogitTarget):
-            W_U = model.W_U
+            W_U = _weights(model)["W_U"]
             d = (W_U[:, self.target_id] - W_U[:, self.distractor_id]).float()
             d = (d - d.mean()) / run.final_scale
             grid = torch.zeros(self.n_tokens, d.shape[0], device=d.device)
@@ -419,7 +446,7 @@ class Debugger:
         pattern = run.acts["pattern"][:limit_heads].float()  # [L, H, dest, src]
         if limit_heads:
             v = run.acts["v"][:limit_heads].float()  # [L, src, H, dh]
-            vo = torch.einsum("lshd,lhdm->lshm", v, model.W_O[:limit_heads].float())  # [L, src, H, d]
+            vo = torch.einsum("lshd,lhdm->lshm", v, _weights(model)["W_O"][:limit_heads].float())  # [L, src, H, d]
             vo_dot = torch.einsum("lshm,tm->lhts", vo, grid)  # [L, H, dest, src]
             L_, h_, d_, s_ = torch.meshgrid(*(torch.arange(n) for n in pattern.shape), indexing="ij")
             keep = (s_ <= d_).reshape(-1)
@@ -435,7 +462,7 @@ class Debugger:
             parts.append(_to_frame(cols))
         if limit_neurons:
             post = run.acts["post"][:limit_neurons].float()  # [L, pos, N]
-            W_out = model.W_out[:limit_neurons].float()  # [L, N, d]
+            W_out = _weights(model)["W_out"][:limit_neurons].float()  # [L, N, d]
             out_dot = torch.einsum("lnm,pm->lpn", W_out, grid)
             L_, p_, n_ = torch.meshgrid(*(torch.arange(n) for n in post.shape), indexing="ij")
             cols = {
@@ -457,7 +484,7 @@ class Debugger:
         }))
         bias_rows = []
         for L in range(Lmax):
-            for site, b, limit in (("attn_out", model.b_O[L], limit_heads), ("mlp_out", model.b_out[L], limit_neurons)):
+            for site, b, limit in (("attn_out", _weights(model)["b_O"][L], limit_heads), ("mlp_out", _weights(model)["b_out"][L], limit_neurons)):
                 if L >= limit:
                     continue
                 b = b.float()
@@ -465,8 +492,8 @@ class Debugger:
                                       activation=float("nan"), write_norm=float(b.norm()),
                                       direct_effect=float((grid @ b).sum()),
                                       est_total_effect=float((run.grads[site][L].float() @ b).sum())))
-        if isinstance(self._target, _LogitTarget) and getattr(model, "b_U", None) is not None:
-            bu = float(model.b_U[self.target_id] - model.b_U[self.distractor_id])
+        if isinstance(self._target, _LogitTarget) and _weights(model)["b_U"] is not None:
+            bu = float(_weights(model)["b_U"][self.target_id] - _weights(model)["b_U"][self.distractor_id])
             bias_rows.append(dict(kind="bias", layer=Lmax, index=2, dest=-1, src=-1, activation=float("nan"),
                                   write_norm=float("nan"), direct_effect=bu, est_total_effect=bu))
         parts.append(pd.DataFrame(bias_rows))
@@ -537,16 +564,16 @@ class Debugger:
         for r in rows.itertuples():
             if r.kind == "head":
                 L, h, s = r.layer, r.index, r.src
-                w = self._run.acts["v"][L, s, h].float() @ model.W_O[L, h].float()
+                w = self._run.acts["v"][L, s, h].float() @ _weights(model)["W_O"][L, h].float()
                 writes.append(w * float(np.sign(r.activation) or 1.0))
             elif r.kind == "neuron":
-                writes.append(model.W_out[r.layer, r.index].float() * float(np.sign(r.activation) or 1.0))
+                writes.append(_weights(model)["W_out"][r.layer, r.index].float() * float(np.sign(r.activation) or 1.0))
             else:
                 writes.append(None)
         ups, downs = [], []
         real = [w for w in writes if w is not None]
         if real:
-            logits = torch.stack(real) @ model.W_U.float()
+            logits = torch.stack(real) @ _weights(model)["W_U"].float()
             top = logits.topk(k, dim=-1).indices.tolist()
             bottom = (-logits).topk(k, dim=-1).indices.tolist()
         it = 0
@@ -696,7 +723,6 @@ def compare(left: Debugger, right: Debugger, column: str = "est_total_effect", *
 def ablation_effects(dbg: Debugger, nodes) -> pd.DataFrame:
     """For each node: its estimated total effect and the actual effect of zero-ablating it
     alone (target value before − after), one forward pass per node."""
-    rows = dbg.table(n=None, top_tokens=0) if nodes is None else None
     labels = list(nodes["node"]) if isinstance(nodes, pd.DataFrame) else [dbg.node(n).label for n in nodes]
     frame = dbg.frame()
     out = []
@@ -711,7 +737,6 @@ def ablation_effects(dbg: Debugger, nodes) -> pd.DataFrame:
         estimate = float(sel["est_total_effect"].sum())
         after = dbg.ablate(label).value
         out.append({"node": label, "kind": node.kind, "estimated": estimate, "actual": base - after})
-    del rows
     return pd.DataFrame(out)
 
 
@@ -799,7 +824,7 @@ def latent_table(dbg: Debugger, sae, layer: int, *, n: int = 20, hook: str = "re
 
 
 @torch.no_grad()
-def top_activating_snippets(model, text: str, neurons: Sequence, *, k: int = 3, chunk: int = 64,
+def top_activating_snippets(model, text: str, neurons: Sequence, *, k: int = 3, chunk: int = 128,
                             context: int = 8) -> pd.DataFrame:
     """Each neuron's ``k`` highest activations over ``text`` (cut in ``chunk``-token pieces),
     with the ``context`` tokens before it and the max token in ⟦brackets⟧.

@@ -128,3 +128,34 @@ def sample_text() -> str:
     """The book's small text sample (CC0, see :data:`SAMPLE_LICENSE`) for dataset examples."""
     folder = resources.files("helpers") / "assets" / "debugging-sample"
     return (folder / "sample.txt").read_text(encoding="utf-8")
+
+
+def residual_sae(model, layer: int = SAE_LAYER, *, d_sae: int = 24576, seed: int = 0):
+    """``(sae, description)``: sae-lens's ``gpt2-small-res-jb`` SAE at ``hook_resid_pre`` of
+    ``layer`` when sae-lens is installed, the model has real weights and the hub answers;
+    otherwise an **untrained** :class:`helpers.ReluSAE` of the same shape (its latents mean
+    nothing; it shows the pipeline). sae-lens is optional: ``pip install sae-lens``.
+    """
+    from ..debugger import ReluSAE
+    from ..hub import hub_available
+    from ..models import is_stand_in
+
+    hook = f"blocks.{layer}.hook_resid_pre"
+    reason = None
+    if is_stand_in(model):
+        reason = "the model is the stand-in (random weights), so a trained SAE would not fit it"
+    else:
+        try:
+            from sae_lens import SAE
+        except ImportError:
+            reason = "sae-lens is not installed (it is optional: pip install sae-lens)"
+        else:
+            if not hub_available("jbloom/GPT2-Small-SAEs-Reformatted"):
+                reason = "the model hub is not reachable"
+            else:
+                loaded = SAE.from_pretrained(SAE_RELEASE, hook, device=str(model.cfg.device))
+                sae = loaded[0] if isinstance(loaded, tuple) else loaded
+                return sae, f"sae-lens {SAE_RELEASE}, {hook} ({sae.W_dec.shape[0]} latents, trained)"
+    sae = ReluSAE.untrained(model.cfg.d_model, d_sae, hook_name=hook, seed=seed)
+    return sae, (f"UNTRAINED ReLU autoencoder, {d_sae} latents at {hook}, random weights: "
+                 f"{reason}. Its latents mean nothing.")
