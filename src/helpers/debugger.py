@@ -831,7 +831,7 @@ def top_activating_snippets(model, text: str, neurons: Sequence, *, k: int = 3, 
 
     ``neurons``: labels ``"N<layer>.<neuron>"`` (any position suffix is ignored) or Nodes.
     """
-    from .hooks import capture, hook_name
+    from .hooks import _StopForward, hook_name
 
     ids = model.to_tokens(text, prepend_bos=False)[0]
     if ids.numel() < 2:
@@ -846,9 +846,20 @@ def top_activating_snippets(model, text: str, neurons: Sequence, *, k: int = 3, 
     layers = sorted({n.layer for n in parsed})
     acts = {L: [] for L in layers}
     for piece in pieces:
-        _, store = capture(model, piece[None], [hook_name("post", L) for L in layers])
+        store = {}
+
+        def save(t, hook):
+            store[hook.name] = t.detach()[0].float().cpu()
+            if len(store) == len(layers):
+                raise _StopForward  # the layers above are not needed
+
+        try:
+            model.run_with_hooks(piece[None].to(model.cfg.device),
+                                 fwd_hooks=[(hook_name("post", L), save) for L in layers])
+        except _StopForward:
+            pass
         for L in layers:
-            acts[L].append(store[hook_name("post", L)][0].float().cpu())
+            acts[L].append(store[hook_name("post", L)])
     all_ids = torch.cat(pieces).tolist()
     rows = []
     for node in parsed:
