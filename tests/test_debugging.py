@@ -98,8 +98,14 @@ def frozen(model, tokens, names):
         return t
 
     model.run_with_hooks(tokens, fwd_hooks=[(n, grab) for n in names])
+    def fix(t, hook):
+        value = clean[hook.name].to(t)
+        if value.shape[1] != t.shape[1]:  # logits_at_positions: the last position only
+            value = value[:, -t.shape[1]:]
+        return value.expand_as(t) if value.shape[-1] == t.shape[-1] else value
+
     for n in names:
-        model.add_hook(n, lambda t, hook: clean[hook.name].to(t), is_permanent=True)
+        model.add_hook(n, fix, is_permanent=True)
     try:
         yield
     finally:
@@ -301,3 +307,14 @@ def test_residual_sae_falls_back_to_a_labelled_untrained_autoencoder(tiny_model)
     sae, text = case.residual_sae(tiny_model, 1, d_sae=32)
     assert isinstance(sae, ReluSAE) and not sae.trained and "UNTRAINED" in text
     assert tuple(sae.W_dec.shape) == (32, tiny_model.cfg.d_model)
+
+
+def test_batched_ablation_effects_equal_one_at_a_time(dbg):
+    nodes = list(dbg.table(n=3, kind="head", top_tokens=0).node) + ["N1.5@4", "H0.1"]
+    batched = ablation_effects(dbg, nodes, batch=2)
+    single = [dbg.logit_diff - dbg.ablate(n).logit_diff for n in nodes]
+    np.testing.assert_allclose(batched.actual, single, atol=1e-5)
+    # on top of an existing ablation as well
+    base = dbg.ablate("H1.3")
+    np.testing.assert_allclose(ablation_effects(base, nodes).actual,
+                               [base.logit_diff - base.ablate(n).logit_diff for n in nodes], atol=1e-5)

@@ -504,7 +504,7 @@ class Debugger:
 
     def table(self, sort_by: str = "est_total_effect", *, n: int | None = 20,
               kind: str | Sequence[str] | None = ("head", "neuron"), layers=None,
-              ascending: bool | None = None, by_magnitude: bool = True,
+              ascending: bool = False, by_magnitude: bool = True,
               top_tokens: int = 3) -> pd.DataFrame:
         """The node table: ``n`` rows sorted by ``sort_by`` (by |value| unless
         ``by_magnitude=False``), filtered by ``kind`` and ``layers`` (an int, a range or a list).
@@ -526,8 +526,7 @@ class Debugger:
             wanted = [layers] if isinstance(layers, int) else list(layers)
             frame = frame[frame["layer"].isin(wanted)]
         key = frame[sort_by].abs() if by_magnitude else frame[sort_by]
-        asc = (not by_magnitude and False) if ascending is None else ascending
-        order = key.sort_values(ascending=asc, na_position="last").index
+        order = key.sort_values(ascending=bool(ascending), na_position="last").index
         out = frame.loc[order]
         if n is not None:
             out = out.head(n)
@@ -636,7 +635,9 @@ class Debugger:
         old = self._ablation
         if old is not None:
             if old.how != how:
-                raise DebuggerInputError("Combine zero and mean ablations in one call is not supported.")
+                raise DebuggerInputError(
+                    f"This debugger already has {old.how} ablations; mixing zero and mean ablations is "
+                    f"not supported. Start from the un-ablated debugger.")
             parsed = old.nodes + parsed
             means = {**old.means, **means}
         return Debugger(self.model, self.tokens[0], self.target_id, self.distractor_id,
@@ -720,24 +721,62 @@ def compare(left: Debugger, right: Debugger, column: str = "est_total_effect", *
 # --------------------------------------------------------------------------- how good are the estimates
 
 
-def ablation_effects(dbg: Debugger, nodes) -> pd.DataFrame:
+def ablation_effects(dbg: Debugger, nodes, *, batch: int = 16) -> pd.DataFrame:
     """For each node: its estimated total effect and the actual effect of zero-ablating it
-    alone (target value before − after), one forward pass per node."""
+    alone (target value before − after). The ablated runs are batched, ``batch`` copies of the
+    prompt per forward pass, each copy with one node zeroed (on top of ``dbg``'s ablations)."""
     labels = list(nodes["node"]) if isinstance(nodes, pd.DataFrame) else [dbg.node(n).label for n in nodes]
+    parsed = [dbg.node(label) for label in labels]
     frame = dbg.frame()
-    out = []
-    base = dbg.value
-    for label in labels:
-        node = dbg.node(label)
+    estimates = []
+    for node in parsed:
         sel = frame[(frame.kind == node.kind) & (frame.layer == node.layer) & (frame["index"] == node.index)]
         if node.dest is not None:
             sel = sel[sel.dest == node.dest]
         if node.kind == "head" and node.src is not None:
             sel = sel[sel.src == node.src]
-        estimate = float(sel["est_total_effect"].sum())
-        after = dbg.ablate(label).value
-        out.append({"node": label, "kind": node.kind, "estimated": estimate, "actual": base - after})
-    return pd.DataFrame(out)
+        estimates.append(float(sel["est_total_effect"].sum()))
+    base = dbg.value
+    if isinstance(dbg._target, _LogitTarget):
+        after = []
+        for i in range(0, len(parsed), batch):
+            after.extend(_batched_zero_ablation(dbg, parsed[i:i + batch]))
+    else:
+        after = [dbg.ablate(label).value for label in labels]
+    return pd.DataFrame({"node": labels, "kind": [n.kind for n in parsed], "estimated": estimates,
+                         "actual": [base - a for a in after]})
+
+
+@torch.no_grad()
+def _batched_zero_ablation(dbg: Debugger, nodes: Sequence[Node]) -> list[float]:
+    """logit(target) − logit(distractor) with each node zeroed in its own copy of the prompt."""
+    from .hooks import hook_name, logits_at_positions
+
+    model, k = dbg.model, len(nodes)
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+        for site, kind in (("pattern", "head"), ("post", "neuron")):
+            rows = [(r, n) for r, n in enumerate(nodes) if n.kind == kind and n.layer == layer]
+            name = hook_name(site, layer)
+            if not rows and not (dbg._ablation and any(
+                    n.kind == kind and n.layer == layer for n in dbg._ablation.nodes)):
+                continue
+
+            def hook(t, hook, rows=rows, site=site, layer=layer, name=name):
+                if dbg._ablation is not None:
+                    t = dbg._ablation.apply(name, t, layer, site)
+                t = t.clone()
+                for r, n in rows:
+                    every = slice(None)
+                    if site == "pattern":
+                        t[r, n.index, every if n.dest is None else n.dest, every if n.src is None else n.src] = 0.0
+                    else:
+                        t[r, every if n.dest is None else n.dest, n.index] = 0.0
+                return t
+
+            hooks.append((name, hook))
+    logits = logits_at_positions(model, dbg.tokens.repeat(k, 1), None, fwd_hooks=hooks)
+    return (logits[:, dbg.target_id] - logits[:, dbg.distractor_id]).float().tolist()
 
 
 def rank_correlation(x, y) -> float:
