@@ -19,7 +19,19 @@ from .ablation import (
 )
 from .attribution import dla, dla_by_head, dla_by_layer
 from .circuits import Circuit, Head, head_label, parse_head
-from .display import attention_view, model_banner, setup_notebook, show_attention
+from .debugger import (
+    Debugger,
+    DebuggerInputError,
+    Node,
+    ReluSAE,
+    ablation_effects,
+    compare,
+    latent_table,
+    parse_node,
+    rank_correlation,
+    top_activating_snippets,
+)
+from .display import attention_view, model_banner, setup_notebook, show_attention, token_effect_view
 from .heads import attention_between, copy_score, format_heads, ov_logits, top_heads
 from .hooks import (
     activations_at,

@@ -19,7 +19,7 @@ from IPython.display import HTML, display
 from .models import is_stand_in
 from .plotting import head_label, setup_plotting
 
-__all__ = ["setup_notebook", "model_banner", "attention_view", "show_attention", "CV_MODES"]
+__all__ = ["setup_notebook", "model_banner", "attention_view", "show_attention", "token_effect_view", "CV_MODES"]
 
 CV_MODES = ("cdn", "inline")
 
@@ -62,6 +62,31 @@ def model_banner(model) -> HTML:
         f'<p class="admonition-title" style="font-weight:bold;margin:0;">Model: {name}, '
         f"pretrained weights ({shape}, on {html.escape(str(cfg.device))})</p></div>"
     )
+
+
+def _cv_mode(mode: str | None) -> str:
+    mode = mode or os.environ.get("CASEBOOK_CV_MODE", "cdn")
+    if mode not in CV_MODES:
+        raise ValueError(
+            f"circuitsvis mode {mode!r} is not one of {CV_MODES}: use 'cdn' (small, the reader "
+            f"needs internet) or 'inline' (works offline, ~1.3 MB per view)."
+        )
+    return mode
+
+
+def token_effect_view(tokens: Sequence[str], values, labels: Sequence[str], *, mode: str | None = None) -> HTML:
+    """circuitsvis ``colored_tokens_multi``: each token coloured by one of several values.
+
+    ``values``: ``[n_tokens, n_labels]`` (e.g. summed estimated effects per token for
+    embeddings, heads, neurons); the reader picks the column to colour by.
+    """
+    import circuitsvis as cv
+    import torch
+
+    mode = _cv_mode(mode)
+    values = torch.as_tensor(values, dtype=torch.float32)
+    view = cv.tokens.colored_tokens_multi(tokens=list(tokens), values=values, labels=list(labels))
+    return HTML(view.cdn_src if mode == "cdn" else view.local_src)
 
 
 def attention_view(

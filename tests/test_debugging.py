@@ -1,0 +1,320 @@
+"""The debugger (helpers.debugger) and the debugging chapter's data (helpers.cases.debugging).
+
+Tiny random models; one planted model where a layer-0 head alone sets a layer-1 head's query.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+
+from conftest_patching import boot
+from helpers import (
+    Debugger,
+    DebuggerInputError,
+    ReluSAE,
+    ablation_effects,
+    compare,
+    latent_table,
+    rank_correlation,
+    top_activating_snippets,
+)
+from helpers.cases import debugging as case
+from helpers.models import ModelSpec, gpt2_tokenizer
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+PROMPT2 = "When John and Mary went to the store, Mary gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def dbg(tiny_model):
+    return Debugger(tiny_model, PROMPT, " Mary", " John")
+
+
+# ------------------------------------------------------------------ data on the real tokenizer
+
+
+def test_prompts_are_single_token_targets_and_references_align():
+    case.check_prompts()
+    tok = gpt2_tokenizer()
+    n = len(tok.encode(case.PROMPTS["ioi"].prompt))
+    assert all(len(tok.encode(p)) == n for p in case.ioi_reference_prompts())
+    assert case.NAME_MOVERS == [(9, 9), (9, 6), (10, 0)]
+    assert len(case.S_INHIBITION) == 4
+
+
+def test_sample_text_ships_with_its_licence():
+    from importlib import resources
+
+    assert len(case.sample_text().split()) > 200
+    licence = (resources.files("helpers") / "assets" / "debugging-sample" / "LICENSE.md").read_text()
+    assert "CC0" in licence and "CC0" in case.SAMPLE_LICENSE
+
+
+# ------------------------------------------------------------------ the node table
+
+
+def test_direct_effects_sum_to_the_logit_difference(dbg):
+    frame = dbg.frame()
+    assert set(frame.kind) == {"head", "neuron", "embed", "bias"}
+    assert frame.direct_effect.sum() == pytest.approx(dbg.logit_diff, abs=1e-4)
+    logits = dbg.model(dbg.tokens)[0, -1]
+    assert dbg.logit_diff == pytest.approx(float(logits[dbg.target_id] - logits[dbg.distractor_id]), abs=1e-5)
+    # only writes at the last position have a direct effect on the logits
+    assert (frame[(frame.kind != "bias") & (frame.dest != dbg.n_tokens - 1)].direct_effect == 0).all()
+
+
+def test_table_sorts_filters_and_labels(dbg):
+    t = dbg.table("direct_effect", n=7, kind="head", layers=[1])
+    assert len(t) == 7 and set(t.kind) == {"head"} and set(t.layer) == {1}
+    assert (np.diff(t.direct_effect.abs().to_numpy()) <= 1e-12).all()
+    assert t.node[0].startswith("H1.") and "<-" in t.node[0]
+    assert t.up_voted[0].count(",") == 2
+    n = dbg.table(n=3, kind="neuron", by_magnitude=False, ascending=True, top_tokens=0)
+    assert (np.diff(n.est_total_effect.to_numpy()) >= 0).all()
+    assert len(dbg.top_candidates(5)) == 5
+    eff = dbg.token_effects()
+    assert list(eff.columns) == ["token", "embeddings", "attention heads", "MLP neurons"]
+    assert "colored-tokens-multi" in dbg.token_effect_view().data.lower().replace("_", "-") or \
+        "ColoredTokensMulti" in dbg.token_effect_view().data
+
+
+# ------------------------------------------------------------------ estimates
+
+
+@contextmanager
+def frozen(model, tokens, names):
+    """Holds the hooks ``names`` at their clean values: with the final LayerNorm's scale (and,
+    for heads, the last MLP's output) fixed, the logit difference is linear in every
+    last-layer write at the last position."""
+    clean = {}
+
+    def grab(t, hook):
+        clean[hook.name] = t.detach().clone()
+        return t
+
+    model.run_with_hooks(tokens, fwd_hooks=[(n, grab) for n in names])
+    def fix(t, hook):
+        value = clean[hook.name].to(t)
+        if value.shape[1] != t.shape[1]:  # logits_at_positions: the last position only
+            value = value[:, -t.shape[1]:]
+        return value.expand_as(t) if value.shape[-1] == t.shape[-1] else value
+
+    for n in names:
+        model.add_hook(n, fix, is_permanent=True)
+    try:
+        yield
+    finally:
+        model.reset_hooks(including_permanent=True)
+
+
+@pytest.mark.parametrize("kind", ["neuron", "head"])
+def test_activation_times_gradient_is_exact_on_a_model_linear_in_the_node(tiny_model, dbg, kind):
+    names = ["ln_final.hook_scale"] + (["blocks.1.hook_mlp_out"] if kind == "head" else [])
+    with frozen(tiny_model, dbg.tokens, names):
+        d = Debugger(tiny_model, PROMPT, " Mary", " John")
+        last = d.n_tokens - 1
+        top = d.table(n=None, kind=kind, layers=[1], top_tokens=0)
+        nodes = list(top[top.dest == last].node[:4])
+        effects = ablation_effects(d, nodes)
+        row = top.set_index("node").loc[nodes[0]]
+    assert len(effects) == 4 and effects.actual.abs().min() > 0
+    np.testing.assert_allclose(effects.estimated, effects.actual, rtol=1e-3, atol=1e-7)
+    # on this model the direct effect is the whole effect
+    assert row.direct_effect == pytest.approx(row.est_total_effect, rel=1e-3, abs=1e-7)
+
+
+def test_estimates_track_ablations_on_a_random_model(dbg):
+    effects = ablation_effects(dbg, dbg.table(n=8, top_tokens=0))
+    assert rank_correlation(effects.estimated, effects.actual) > 0.5
+
+
+def test_rank_correlation():
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    with pytest.raises(ValueError):
+        rank_correlation([1], [1])
+
+
+# ------------------------------------------------------------------ ablations
+
+
+def test_ablating_a_zero_activation_node_changes_nothing(dbg):
+    node = dbg.table(n=1, kind="head", top_tokens=0).node[0]
+    once = dbg.ablate(node)
+    assert once.logit_diff != pytest.approx(dbg.logit_diff, abs=1e-7)
+    row = once.table(n=None, kind="head", top_tokens=0).set_index("node").loc[node]
+    assert row.activation == 0.0 and row.est_total_effect == 0.0
+    twice = once.ablate(node)
+    assert twice.logit_diff == pytest.approx(once.logit_diff, abs=1e-6)
+
+
+def test_mean_ablation_with_the_prompt_itself_as_reference_changes_nothing(dbg):
+    same = dbg.ablate(["H1.2", "N0.5"], how="mean", reference=dbg.tokens.repeat(2, 1))
+    assert same.logit_diff == pytest.approx(dbg.logit_diff, abs=1e-5)
+    other = dbg.ablate(["H1.2"], how="mean", reference=dbg.model.to_tokens(PROMPT2, prepend_bos=False))
+    assert other.logit_diff != pytest.approx(dbg.logit_diff, abs=1e-6)
+
+
+def test_whole_head_zero_ablation_equals_zeroing_its_output(dbg):
+    from helpers import hook_name
+
+    def zero_z(z, hook):
+        z = z.clone()
+        z[:, :, 2] = 0.0
+        return z
+
+    logits = dbg.model.run_with_hooks(dbg.tokens, fwd_hooks=[(hook_name("z", 1), zero_z)])[0, -1]
+    expected = float(logits[dbg.target_id] - logits[dbg.distractor_id])
+    assert dbg.ablate("H1.2").logit_diff == pytest.approx(expected, abs=1e-5)
+
+
+# ------------------------------------------------------------------ trace upstream
+
+TRACE_SPEC = ModelSpec("tiny-trace", "openai-community/gpt2", n_layers=2, n_heads=4, d_model=64)
+MARK, C, ALPHA = 8.0, 32.0, 0.2
+
+
+@lru_cache(maxsize=1)
+def planted_query_model(seed: int = 5):
+    """Head 0.0 attends to position 1 and writes ≈ ALPHA·e_60 everywhere; head 1.0's query reads
+    only e_60 (its key reads the position-1 marker e_63): head 0.0 alone sets 1.0's query."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    d, dh = TRACE_SPEC.d_model, TRACE_SPEC.d_head
+    config = GPT2Config(n_layer=2, n_head=4, n_embd=d, n_positions=64, vocab_size=TRACE_SPEC.d_vocab,
+                        initializer_range=0.02)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf = GPT2LMHeadModel(config)
+    q, k, v = slice(0, dh), slice(d, d + dh), slice(2 * d, 2 * d + dh)
+    with torch.no_grad():
+        hf.transformer.wpe.weight[1, 63] = MARK
+        for layer in (0, 1):
+            W, b = hf.transformer.h[layer].attn.c_attn.weight, hf.transformer.h[layer].attn.c_attn.bias
+            W[:, q], b[q], W[:, k], b[k] = 0.0, 0.0, 0.0, 0.0
+            W[63, k.start] = 1.0
+            if layer == 0:
+                b[q.start] = C
+                W[:, v], b[v] = 0.0, 0.0
+                W[63, v.start] = 1.0  # the marker, ≈ 8 after ln_1 at position 1 (compatibility
+                P = hf.transformer.h[0].attn.c_proj.weight  # mode folds value biases away)
+                P[0:dh] = 0.0
+                P[0, 60] = ALPHA / 8
+            else:
+                W[60, q.start] = 4.0
+    return boot(hf, TRACE_SPEC, seed)
+
+
+def test_trace_through_q_finds_the_head_that_sets_the_query():
+    model = planted_query_model()
+    d = Debugger(model, PROMPT, " Mary", " John")
+    dest = d.n_tokens - 1
+    receiver = f"H1.0 {dest}<-1"
+    traced = d.trace(receiver, "q")
+    assert "attention score" in traced.target_description
+    heads = traced.table(kind=("head", "neuron"), n=5, top_tokens=0)
+    assert heads.node[0] == f"H0.0 {dest}<-1", heads
+    assert heads.est_total_effect[0] > 5 * abs(heads.est_total_effect[1])
+    assert heads.direct_effect[0] > 5 * abs(heads.direct_effect[1])
+    assert (traced.frame().layer < 1).all()  # only nodes upstream of layer 1
+    # through K the planted head (which writes only e_60, read by the query) is not the cause
+    via_k = d.trace(receiver, "k").table(kind="head", n=1, top_tokens=0)
+    assert via_k.node[0] != f"H0.0 {dest}<-1"
+
+
+def test_trace_v_and_neuron_targets(dbg):
+    last = dbg.n_tokens - 1
+    v = dbg.trace(f"H1.2 {last}<-3", "v")
+    assert np.isfinite(v.value) and (v.frame().layer < 1).all()
+    n = dbg.trace(f"N1.7@{last}", "input")
+    post = dbg._run.acts["post"][1, last, 7]
+    assert n.value == pytest.approx(float(post), abs=1e-6)
+    assert (n.frame().query("kind == 'neuron'").layer < 1).all()
+    assert n.frame().query("kind == 'head'").layer.max() == 1  # the MLP reads layer 1's heads
+
+
+# ------------------------------------------------------------------ two prompts
+
+
+def test_two_prompt_differences_are_antisymmetric(tiny_model, dbg):
+    other = Debugger(tiny_model, PROMPT2, " Mary", " John")
+    ab = compare(dbg, other, n=None).set_index("node")
+    ba = compare(other, dbg, n=None).set_index("node")
+    np.testing.assert_allclose(ab["diff"], -ba.loc[ab.index, "diff"], atol=1e-9)
+    assert ab["diff"].abs().max() > 0
+    short = Debugger(tiny_model, "When Mary left", " Mary", " John")
+    with pytest.raises(DebuggerInputError, match="same length"):
+        compare(dbg, short)
+
+
+# ------------------------------------------------------------------ latents and snippets
+
+
+def test_latent_table_with_an_untrained_autoencoder(dbg):
+    sae = ReluSAE.untrained(dbg.model.cfg.d_model, 128, hook_name="blocks.1.hook_resid_pre")
+    table, fvu = latent_table(dbg, sae, 1, n=5)
+    assert len(table) <= 5 and np.isfinite(fvu)
+    assert (table.activation > 0).all()
+
+
+def test_top_activating_snippets(tiny_model):
+    out = top_activating_snippets(tiny_model, case.sample_text(), ["N0.3@5", "N1.10"], k=2, chunk=32)
+    assert list(out.neuron.unique()) == ["N0.3", "N1.10"] and len(out) == 4
+    assert out.snippet.str.contains("⟦").all()
+    first = out[out.neuron == "N0.3"].activation.to_numpy()
+    assert first[0] >= first[1]
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "target,distractor,match",
+    [(" Mary", " Mary", "same token"), (" Maryanne-Louise", " John", "tokens"), (" Mary", "xyzzyplugh", "tokens")],
+)
+def test_bad_tokens_give_one_clear_error(tiny_model, target, distractor, match):
+    with pytest.raises(DebuggerInputError, match=match):
+        Debugger(tiny_model, PROMPT, target, distractor)
+
+
+@pytest.mark.parametrize(
+    "node,match",
+    [("H7.0 3<-1", "no layer 7"), ("H1.9", "no head 9"), ("N0.9999@2", "no neuron 9999"),
+     ("H1.0 40<-1", "no position 40"), ("H1.0 3<-5", "no source 5"), ("head 1.0", "Cannot read")],
+)
+def test_nodes_that_do_not_exist_give_one_clear_error(dbg, node, match):
+    with pytest.raises(DebuggerInputError, match=match):
+        dbg.ablate(node)
+
+
+def test_trace_needs_one_position_and_a_valid_mode(dbg):
+    with pytest.raises(DebuggerInputError, match="one position"):
+        dbg.trace("H1.0")
+    with pytest.raises(DebuggerInputError, match="through"):
+        dbg.trace("H1.0 3<-1", "x")
+    with pytest.raises(DebuggerInputError, match="no query"):
+        dbg.trace("N1.3@3", "q")
+    with pytest.raises(DebuggerInputError, match="reference"):
+        dbg.ablate("H1.0", how="mean")
+
+
+def test_residual_sae_falls_back_to_a_labelled_untrained_autoencoder(tiny_model):
+    sae, text = case.residual_sae(tiny_model, 1, d_sae=32)
+    assert isinstance(sae, ReluSAE) and not sae.trained and "UNTRAINED" in text
+    assert tuple(sae.W_dec.shape) == (32, tiny_model.cfg.d_model)
+
+
+def test_batched_ablation_effects_equal_one_at_a_time(dbg):
+    nodes = list(dbg.table(n=3, kind="head", top_tokens=0).node) + ["N1.5@4", "H0.1"]
+    batched = ablation_effects(dbg, nodes, batch=2)
+    single = [dbg.logit_diff - dbg.ablate(n).logit_diff for n in nodes]
+    np.testing.assert_allclose(batched.actual, single, atol=1e-5)
+    # on top of an existing ablation as well
+    base = dbg.ablate("H1.3")
+    np.testing.assert_allclose(ablation_effects(base, nodes).actual,
+                               [base.logit_diff - base.ablate(n).logit_diff for n in nodes], atol=1e-5)
