@@ -208,11 +208,11 @@ def test_head_direct_effects_equal_dla(tiny_model):
 
 def test_sae_recovers_planted_sparse_features():
     gen = torch.Generator().manual_seed(0)
-    d, k, n = 32, 12, 3000
+    d, k, n = 24, 8, 1000
     true = torch.linalg.qr(torch.randn(d, d, generator=gen))[0][:k]  # orthonormal rows
-    active = (torch.rand(n, k, generator=gen) < 0.12).float()
+    active = (torch.rand(n, k, generator=gen) < 0.15).float()
     x = (active * (1 + torch.rand(n, k, generator=gen))) @ true
-    sae = train_sae(x, 24, l1=0.1, steps=1500, lr=1e-2, seed=0)
+    sae = train_sae(x, 16, l1=0.1, steps=300, lr=3e-2, seed=0)
     cos = true @ sae.W_dec.T  # [k, F]
     assert cos.max(1).values.min() > 0.9, cos.max(1).values
     assert sae.losses["explained_variance"] > 0.9
@@ -229,7 +229,7 @@ def test_probe_learns_planted_classes():
     centres = torch.randn(10, 16, generator=gen) * 3
     labels = torch.arange(200) % 10
     x = centres[labels] + 0.3 * torch.randn(200, 16, generator=gen)
-    W, b = train_probe(x, labels, 10)
+    W, b = train_probe(x, labels, 10, steps=150)
     assert (x @ W.T + b).argmax(-1).eq(labels).float().mean() == 1.0
     with pytest.raises(ValueError, match="labels"):
         train_probe(x, labels + 5, 10)
@@ -240,7 +240,7 @@ def test_mod10_analysis_on_planted_residues():
     basis = torch.linalg.qr(torch.randn(48, 48, generator=gen))[0]
     values = torch.arange(1, 121)
     x = 3 * basis[values % 10] + 3 * basis[10 + (values // 10) % 12]
-    out = sh.mod10_analysis(x, values, seeds=(0,), n_features=32, l1=0.1, steps=800)
+    out = sh.mod10_analysis(x, values, seeds=(0,), n_features=24, l1=0.1, steps=300, probe_steps=150)
     assert out["probe_accuracy"] == 1.0
     assert out["coverage"].mean() > 0.8 and out["cosine"].mean() > 0.5
 

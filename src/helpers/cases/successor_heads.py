@@ -42,7 +42,7 @@ from ..scorecard import Reference
 
 __all__ = [
     "TASKS", "WRAPS", "NUMERIC_TASKS", "SuccessionDataset", "make_succession_dataset",
-    "succession_scores", "scores_from_logits", "numeric_rows", "mod10_analysis", "vector_arithmetic_grid", "NUMBERED_LISTS",
+    "succession_scores", "scores_from_logits", "numeric_rows", "mod10_analysis", "mod10_directions", "head_readout", "vector_arithmetic_grid", "NUMBERED_LISTS",
     "make_numbered_lists", "ACRONYMS", "make_acronym_prompts", "load_text_sample",
     "categorise_wins", "SUCCESSOR", "SUCCESSOR_CIRCUIT", "EXPECTED_HEAD",
 ]
@@ -223,7 +223,8 @@ def numeric_rows(data: SuccessionDataset, max_value: int | None = None) -> torch
 
 
 def mod10_analysis(x: torch.Tensor, values: torch.Tensor, *, seeds: Sequence[int] = (0, 1, 2),
-                   n_features: int = 64, l1: float = 0.3, steps: int = 1500) -> dict:
+                   n_features: int = 64, l1: float = 0.3, steps: int = 1500, lr: float = 1e-2,
+                   probe_steps: int = 300) -> dict:
     """Sparse autoencoders (one per seed) and a linear probe for ``value mod 10``.
 
     ``x``: ``[n, d]`` representations (MLP0 outputs of the numeric tokens); ``values``:
@@ -237,12 +238,12 @@ def mod10_analysis(x: torch.Tensor, values: torch.Tensor, *, seeds: Sequence[int
     x = torch.as_tensor(x).float()
     residues = torch.as_tensor(values) % 10
     mu = x.mean(0)
-    W, b = train_probe(x - mu, residues, 10, seed=0)
+    W, b = train_probe(x - mu, residues, 10, seed=0, steps=probe_steps)
     acc = float(((x - mu) @ W.T + b).argmax(-1).eq(residues).float().mean())
     Wc = W - W.mean(0)
     saes, matches, cov, prec, feats, cos = [], [], [], [], [], []
     for s in seeds:
-        sae = train_sae(x, n_features, l1=l1, steps=steps, seed=s)
+        sae = train_sae(x, n_features, l1=l1, steps=steps, lr=lr, seed=s)
         m = match_features(sae.encode(x), residues, 10)
         f = torch.stack([sae.W_dec[r["feature"]] for r in m])
         fc = f - f.mean(0)
@@ -255,6 +256,27 @@ def mod10_analysis(x: torch.Tensor, values: torch.Tensor, *, seeds: Sequence[int
     return {"saes": saes, "matches": matches, "coverage": torch.tensor(cov),
             "precision": torch.tensor(prec), "features": torch.stack(feats), "probe": (W, b),
             "probe_accuracy": acc, "probe_mean": mu, "cosine": torch.stack(cos)}
+
+
+def mod10_directions(mod: dict, x: torch.Tensor, seed_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features [10, d], scales [10])`` from one SAE of :func:`mod10_analysis`: f_r is
+    the unit decoder row matched to residue r, its scale the feature's mean activation where
+    it fires (our reading of the paper's scaling, App. D: a reconstruction)."""
+    sae, matches = mod["saes"][seed_index], mod["matches"][seed_index]
+    acts = sae.encode(torch.as_tensor(x).float())
+    feats = torch.stack([sae.W_dec[m["feature"]] for m in matches])
+    scales = torch.stack([acts[:, m["feature"]][acts[:, m["feature"]] > 0].mean()
+                          if (acts[:, m["feature"]] > 0).any() else torch.tensor(0.0) for m in matches])
+    return feats, scales
+
+
+def head_readout(model, head, token_ids) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``r [k, d] -> [k, m]``: one head's effective-OV logits over ``token_ids``."""
+    from ..circuits import parse_head
+
+    L, h = parse_head(head)
+    ids = torch.as_tensor(token_ids, dtype=torch.long)
+    return lambda r: effective_ov_logits(model, r.to(model.W_E.dtype), columns=ids, heads=[(L, h)])[L, h]
 
 
 # --------------------------------------------------------------------------- vector arithmetic
@@ -381,10 +403,13 @@ def load_text_sample(n_docs: int = 16, *, use_hub: bool = False, max_chars: int 
     if n_docs < 1:
         raise ValueError("n_docs must be at least 1")
     if use_hub:
-        from datasets import load_dataset
+        try:
+            from datasets import load_dataset
 
-        ds = load_dataset("NeelNanda/pile-10k", split=f"train[:{n_docs}]")
-        return [t[:max_chars] for t in ds["text"]], "the Pile 10k sample (NeelNanda/pile-10k)"
+            ds = load_dataset("NeelNanda/pile-10k", split=f"train[:{n_docs}]")
+            return [t[:max_chars] for t in ds["text"]], "the Pile 10k sample (NeelNanda/pile-10k)"
+        except Exception as err:  # the hub answered for the model but not for the data set
+            print(f"The Pile sample could not be loaded ({type(err).__name__}); using the shipped text.")
     text = _TEXT_FILE.read_text(encoding="utf-8")
     body = text.split("\n---\n", 1)[1]
     docs = [p.strip() for p in body.split("\n\n") if p.strip()]
@@ -433,6 +458,8 @@ SUCCESSOR: dict[str, Reference] = {
     "n_tokens": Reference(294, "Gould et al. 2023, succession dataset (8 tasks); fact sheet", "paper text"),
     "heads_small": Reference(144, "GPT-2 small: 12 layers × 12 heads", "paper text"),
     "heads_medium": Reference(384, "GPT-2 medium: 24 layers × 16 heads", "paper text"),
+    "exists": Reference(1, "abstract and Fig. 2: successor heads in GPT-2 (score above the threshold)",
+                        "paper text"),
     "threshold": Reference(0.5, "fixed succession-score threshold, 'more than half' (audit)", _SECONDARY),
     "mod10_cosine": Reference(0.708, "mean cosine probe vs SAE mod-10 features (audit; summaries)", _SECONDARY,
                               "Pythia / the paper's models, not GPT-2"),
