@@ -18,9 +18,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import contextlib
+
 import torch
 
 __all__ = ["SparseAutoencoder", "train_sae", "train_probe", "match_features"]
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Small full-batch problems: one thread is faster than two that wait on each other
+    (measured 14x on a busy 2-core machine: 100 steps on 230 x 768 took 18.4 s vs 1.3 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -79,7 +93,7 @@ def train_sae(
         "b_dec": xs.mean(0).clone().requires_grad_(True),
     }
     opt = torch.optim.Adam(params.values(), lr=lr)
-    with torch.enable_grad():
+    with torch.enable_grad(), _one_thread():
         for _ in range(steps):
             dec = params["W_dec"] / params["W_dec"].norm(dim=1, keepdim=True)
             f = torch.relu((xs - params["b_dec"]) @ params["W_enc"] + params["b_enc"])
@@ -136,7 +150,7 @@ def train_probe(
     W = (0.01 * torch.randn(n_classes, x.shape[1], generator=gen)).requires_grad_(True)
     b = torch.zeros(n_classes, requires_grad=True)
     opt = torch.optim.Adam([W, b], lr=lr)
-    with torch.enable_grad():
+    with torch.enable_grad(), _one_thread():
         for _ in range(steps):
             loss = torch.nn.functional.cross_entropy(x @ W.T + b, labels) + weight_decay * W.pow(2).sum()
             opt.zero_grad()
