@@ -17,7 +17,7 @@ from .ablation import (
     random_subsets,
     run_with_mean_ablation,
 )
-from .attribution import dla, dla_by_head, dla_by_layer
+from .attribution import dla, dla_by_head, dla_by_layer, head_direct_effects
 from .circuits import Circuit, Head, head_label, parse_head
 from .debugger import (
     Debugger,
@@ -32,6 +32,7 @@ from .debugger import (
     top_activating_snippets,
 )
 from .display import attention_view, model_banner, setup_notebook, show_attention, token_effect_view
+from .effective_ov import argmax_score, effective_ov_logits, mean_logit_score, token_inputs
 from .heads import attention_between, copy_score, format_heads, ov_logits, top_heads
 from .hooks import (
     activations_at,
@@ -79,6 +80,7 @@ from .positional import bos_swap_sweep, swap_bos_attention_hooks, swap_pos_embed
 from .plotting import bar, heads_heatmap, layer_position_heatmap, line, scatter, setup_plotting
 from .project import COLAB_INSTALL_SPEC, REPOSITORY_URL
 from .prompts import PAD_TOKEN_ID, PromptSet, check_single_tokens, tokenize
+from .sae import SparseAutoencoder, match_features, train_probe, train_sae
 from .scorecard import Reference, Scorecard
 
 __version__ = "0.1.0"

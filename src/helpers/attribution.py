@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["dla", "dla_by_layer", "dla_by_head"]
+__all__ = ["dla", "dla_by_layer", "dla_by_head", "head_direct_effects"]
 
 
 def _logit_direction(model, answer: torch.Tensor, wrong: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,3 +88,58 @@ def dla_by_head(model, cache, answer, wrong=None, positions=-1) -> torch.Tensor:
     values, labels = dla(model, cache, answer, wrong, positions, by="head")
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     return values[: n_layers * n_heads].reshape(n_layers, n_heads, -1)
+
+
+@torch.no_grad()
+def head_direct_effects(model, tokens, rows, positions, answers, *, batch_size: int = 16) -> dict:
+    """Each head's direct effect on the answer's logit, and the drop under mean ablation.
+
+    ``tokens``: ``[B, T]``; the triples ``(rows[i], positions[i], answers[i])`` name the
+    prompt, the position read and the token scored (``m`` triples). Returns
+    ``{"dla": [m, L, H], "drop": [m, L, H]}``: ``dla`` is the head's output at that position
+    through the final LayerNorm (its scale frozen at the clean run's) onto ``W_U[:, answer]``;
+    ``drop`` is ``dla`` minus the same for the head's *mean* output over the ``m`` positions,
+    i.e. how much the answer's logit falls when only the head's direct path is mean-ablated.
+    The "winning head" of a triple is the argmax of ``drop``.
+    """
+    from .hooks import as_tokens, hook_name
+
+    tokens = as_tokens(tokens)
+    rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+    positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    answers = torch.as_tensor(answers, dtype=torch.long).reshape(-1)
+    m = rows.shape[0]
+    if m == 0 or positions.shape != (m,) or answers.shape != (m,):
+        raise ValueError("rows, positions and answers must be non-empty and of the same length")
+    if int(rows.max()) >= tokens.shape[0] or int(positions.max()) >= tokens.shape[1] or int(positions.min()) < 0:
+        raise ValueError("a (row, position) pair lies outside tokens")
+    n_layers = model.cfg.n_layers
+    names = [hook_name("z", L) for L in range(n_layers)] + ["ln_final.hook_scale"]
+    z_rows, scales = [], []
+    for start in range(0, tokens.shape[0], batch_size):
+        chunk = torch.arange(start, min(start + batch_size, tokens.shape[0]))
+        sel = torch.isin(rows, chunk).nonzero().squeeze(1)
+        if sel.numel() == 0:
+            continue
+        _, cache = model.run_with_cache(tokens[chunk].to(model.cfg.device), names_filter=names)
+        r, p = rows[sel] - start, positions[sel]
+        z = torch.stack([cache[hook_name("z", L)][r, p] for L in range(n_layers)], 1)  # [k, L, H, e]
+        z_rows.append((sel, z.float().cpu()))
+        scales.append((sel, cache["ln_final.hook_scale"][r, p].reshape(-1).float().cpu()))
+    z = torch.empty((m,) + z_rows[0][1].shape[1:])
+    scale = torch.empty(m)
+    for (sel, zz), (_, ss) in zip(z_rows, scales):
+        z[sel], scale[sel] = zz, ss
+    U = model.W_U[:, answers.to(model.W_U.device)].float().cpu()  # [d, m]
+    U = U - U.mean(0, keepdim=True)  # the folded final LN centres its input
+    W_O = model.W_O.float().cpu()  # [L, H, e, d]
+    dla_, mean_term = [], []
+    z_mean = z.mean(0)  # [L, H, e]
+    for start in range(0, m, 256):
+        u = U[:, start:start + 256]
+        proj = torch.einsum("lhed,dm->mlhe", W_O, u)  # each head's readout of each answer
+        s = scale[start:start + 256][:, None, None]
+        dla_.append(torch.einsum("mlhe,mlhe->mlh", z[start:start + 256], proj) / s)
+        mean_term.append(torch.einsum("lhe,mlhe->mlh", z_mean, proj) / s)
+    dla_t, mean_t = torch.cat(dla_), torch.cat(mean_term)
+    return {"dla": dla_t, "drop": dla_t - mean_t}

@@ -1,0 +1,485 @@
+"""Successor heads (Gould, Ong, Ogden & Conmy 2023, arXiv 2312.09230), on GPT-2.
+
+A successor head is an attention head whose OV circuit maps a token with a natural order to
+the next one (" Monday" → " Tuesday", " 3" → " 4"). This module holds what the chapter needs:
+
+* the **succession dataset**: 8 tasks, 294 tokens, each one GPT-2 token with its leading
+  space (number words lowercase: " Thirteen" is two tokens), checked on the tokenizer each
+  time it is built (:func:`make_succession_dataset`); days and months wrap around (Sunday →
+  Monday, December → January, also for the prefixes), the other tasks do not (the last item,
+  " 200", " twenty", " tenth", " Z", has no successor and is not scored);
+* the **screen** (:func:`succession_scores`): every head's effective OV circuit on the 294
+  tokens (``helpers.effective_ov``), a succession score per head and task, the pooled score,
+  and the naive score a raw-logit ranking would use;
+* **mod-10 features** (:func:`mod10_analysis`): sparse autoencoders (``helpers.sae``) on the
+  MLP0 outputs of the numeric tokens, matched to index mod 10, and a linear probe;
+* **vector arithmetic** (:func:`vector_arithmetic_grid`);
+* prompts for the running-text sections: numbered lists written for the book
+  (:data:`NUMBERED_LISTS`), acronym prompts (:func:`make_acronym_prompts`) and a natural-text
+  sample (:func:`load_text_sample`: the Pile 10k sample from the hub when reachable, else a
+  short text written for this book and shipped with it, CC0);
+* the published numbers (:data:`SUCCESSOR`), each with its source and confidence.
+
+The paper has no public code; every detail here (MLP0 output alone as the input, scoring
+pooled over tokens, the SAE setup, the scale in vector arithmetic, direct-effect mean
+ablation) is a reconstruction, stated where it is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..circuits import Circuit
+from ..effective_ov import effective_ov_logits, mean_logit_score, token_inputs
+from ..prompts import PromptSet, _default_tokenizer, check_single_tokens
+from ..sae import match_features, train_probe, train_sae
+from ..scorecard import Reference
+
+__all__ = [
+    "TASKS", "WRAPS", "NUMERIC_TASKS", "SuccessionDataset", "make_succession_dataset",
+    "succession_scores", "scores_from_logits", "numeric_rows", "mod10_analysis", "mod10_directions", "head_readout", "vector_arithmetic_grid", "NUMBERED_LISTS",
+    "make_numbered_lists", "ACRONYMS", "make_acronym_prompts", "load_text_sample",
+    "categorise_wins", "SUCCESSOR", "SUCCESSOR_CIRCUIT", "EXPECTED_HEAD",
+]
+
+_NUMBER_WORDS = (
+    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty"
+).split()
+_ORDINALS = "first second third fourth fifth sixth seventh eighth ninth tenth".split()
+_DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+_MONTHS = ("January February March April May June July August September October November "
+           "December").split()
+
+#: The 8 tasks in order; each word is tokenized with a leading space.
+TASKS: dict[str, tuple[str, ...]] = {
+    "numbers": tuple(str(i) for i in range(1, 201)),
+    "number words": tuple(_NUMBER_WORDS),
+    "ordinals": tuple(_ORDINALS),
+    "days": tuple(_DAYS),
+    "day prefixes": tuple(d[:3] for d in _DAYS),
+    "months": tuple(_MONTHS),
+    "month prefixes": tuple(m[:3] for m in _MONTHS),
+    "letters": tuple(chr(c) for c in range(ord("A"), ord("Z") + 1)),
+}
+#: Tasks whose last item's successor is the first (cyclic orders).
+WRAPS = frozenset({"days", "day prefixes", "months", "month prefixes"})
+#: Tasks whose items carry a number (index = value: " 12", " twelve", " twelfth" ...).
+NUMERIC_TASKS = ("numbers", "number words", "ordinals")
+
+
+@dataclass(eq=False, kw_only=True)
+class SuccessionDataset(PromptSet):
+    """The 294 succession tokens as one-token prompts; ``answers`` are the successors.
+
+    ``fields``: ``task`` (name), ``index`` (1-based position in its task: the value for
+    numbers, 1 for " Monday" and " A"), ``word``. ``has_successor`` ``[n]`` bool; items
+    without one (the last of a non-cyclic task) have ``answers = -1`` and are not scored.
+    ``successor_row`` ``[n]``: the row of the successor in this dataset (-1 if none). Token
+    ids are unique within a task but not across tasks: " May" is a month and a month prefix.
+    """
+
+    has_successor: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    successor_row: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        return self.tokens[:, 0]
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(dict.fromkeys(self.fields["task"]))
+
+    def task_rows(self, task: str) -> torch.Tensor:
+        if task not in self.task_names:
+            raise KeyError(f"unknown task {task!r}; tasks are {self.task_names}")
+        return torch.tensor([i for i, t in enumerate(self.fields["task"]) if t == task])
+
+    def table(self):
+        """A table of the tasks: size, first and last items, wrap-around, items scored."""
+        import pandas as pd
+
+        rows = []
+        for task in self.task_names:
+            idx = self.task_rows(task)
+            words = [self.fields["word"][i] for i in idx.tolist()]
+            rows.append({"task": task, "tokens": len(idx), "first": repr(" " + words[0]),
+                         "last": repr(" " + words[-1]), "wraps around": task in WRAPS,
+                         "scored": int(self.has_successor[idx].sum()),
+                         "distinct tokens": int(self.token_ids[idx].unique().numel())})
+        return pd.DataFrame(rows)
+
+
+def make_succession_dataset(tasks: Sequence[str] | None = None, tokenizer: Any = None) -> SuccessionDataset:
+    """The succession dataset (all 8 tasks by default), checked on GPT-2's tokenizer.
+
+    Raises if any word is not one token with its leading space, or a task name is unknown.
+    """
+    tokenizer = tokenizer or _default_tokenizer()
+    tasks = list(TASKS) if tasks is None else list(tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown or no tasks {unknown}; choose from {list(TASKS)}")
+    prompts, ids, answers, has, task_col, index_col, word_col, succ_row = [], [], [], [], [], [], [], []
+    for task in tasks:
+        start = len(prompts)
+        words = TASKS[task]
+        tok = check_single_tokens(words, tokenizer, what=f"{task} items")
+        for i, w in enumerate(words):
+            nxt = i + 1 if i + 1 < len(words) else (0 if task in WRAPS else None)
+            prompts.append(" " + w)
+            ids.append(tok[w])
+            answers.append(-1 if nxt is None else tok[words[nxt]])
+            has.append(nxt is not None)
+            succ_row.append(-1 if nxt is None else start + nxt)
+            task_col.append(task)
+            index_col.append(i + 1)
+            word_col.append(w)
+    n = len(prompts)
+    return SuccessionDataset(
+        prompts=prompts,
+        tokens=torch.tensor(ids, dtype=torch.long)[:, None],
+        lengths=torch.ones(n, dtype=torch.long),
+        positions={"END": torch.zeros(n, dtype=torch.long)},
+        answers=torch.tensor(answers, dtype=torch.long),
+        fields={"task": task_col, "index": index_col, "word": word_col},
+        has_successor=torch.tensor(has),
+        successor_row=torch.tensor(succ_row, dtype=torch.long),
+        tokenizer=tokenizer,
+    )
+
+
+# --------------------------------------------------------------------------- the screen
+
+
+@torch.no_grad()
+def succession_scores(model, data: SuccessionDataset, *, inputs: str = "mlp0",
+                      restrict: str = "task", heads=None) -> dict:
+    """Every head's succession scores from its effective OV circuit.
+
+    ``inputs``: ``"mlp0"`` (the paper's choice), ``"embed"`` or ``"embed+mlp0"``
+    (:func:`helpers.effective_ov.token_inputs`). ``restrict``: ``"task"`` (a token's
+    logits are compared over the tokens of its own task, the paper's score) or ``"all"``
+    (over all 294 tokens, Anthropic's variant). Returns ``{"score": [L, H]`` pooled over
+    every scored token, ``"per_task": {task: [L, H]}``, ``"naive": [L, H]`` (successor
+    logit above the vocabulary mean, averaged over tokens; no comparison inside the task),
+    ``"n_scored": int}``.
+    """
+    if restrict not in ("task", "all"):
+        raise ValueError(f"restrict must be 'task' or 'all', got {restrict!r}")
+    ids = data.token_ids
+    x = token_inputs(model, ids, inputs)
+    W_U = model.W_U
+    unembed = torch.cat([W_U[:, ids.to(W_U.device)], W_U.mean(1, keepdim=True)], 1)
+    logits = effective_ov_logits(model, x, unembed=unembed, heads=heads)  # [L, H, n, n+1]
+    return scores_from_logits(logits[..., :-1], data, restrict=restrict, vocab_mean=logits[..., -1])
+
+
+def scores_from_logits(logits: torch.Tensor, data: SuccessionDataset, *, restrict: str = "task",
+                       vocab_mean: torch.Tensor | None = None) -> dict:
+    """The scores of :func:`succession_scores` from OV logits ``[..., n, n]`` over the
+    dataset's own tokens (row i: token i's logits; column j: token j). ``vocab_mean``
+    ``[..., n]`` (each row's mean logit over the vocabulary) enables the naive score."""
+    n = len(data)
+    if logits.shape[-2:] != (n, n):
+        raise ValueError(f"logits must be [..., {n}, {n}] over the dataset's tokens, got {tuple(logits.shape)}")
+    if restrict not in ("task", "all"):
+        raise ValueError(f"restrict must be 'task' or 'all', got {restrict!r}")
+    ids = data.token_ids
+    valid = data.has_successor
+    per_task, hits = {}, torch.zeros(logits.shape[:-2])
+    nan = logits[..., 0, 0].isnan()
+    for task in data.task_names:
+        rows = data.task_rows(task)
+        v = valid[rows]
+        cols = rows if restrict == "task" else torch.arange(n)
+        # compared by token id: " May" is both a month and a month prefix (one token)
+        top = ids[cols][logits[..., rows, :][..., cols].argmax(-1)]  # [..., len(rows)]
+        hit = (top == data.answers[rows]).float()[..., v].mean(-1)
+        per_task[task] = torch.where(nan, torch.full_like(hit, float("nan")), hit)
+        hits = hits + per_task[task] * int(v.sum())
+    n_scored = int(valid.sum())
+    out = {"score": hits / n_scored, "per_task": per_task, "n_scored": n_scored}
+    if vocab_mean is not None:
+        succ_col = data.successor_row[valid]
+        target_logit = logits[..., valid.nonzero().squeeze(1), succ_col]
+        out["naive"] = mean_logit_score(vocab_mean[..., valid], target_logit)
+    return out
+
+
+# --------------------------------------------------------------------------- mod-10 features
+
+
+def numeric_rows(data: SuccessionDataset, max_value: int | None = None) -> torch.Tensor:
+    """Rows of the numeric tasks (numbers, number words, ordinals), optionally ≤ ``max_value``."""
+    rows = [i for i, t in enumerate(data.fields["task"])
+            if t in NUMERIC_TASKS and (max_value is None or data.fields["index"][i] <= max_value)]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def mod10_analysis(x: torch.Tensor, values: torch.Tensor, *, seeds: Sequence[int] = (0, 1, 2),
+                   n_features: int = 64, l1: float = 0.3, steps: int = 1500, lr: float = 1e-2,
+                   probe_steps: int = 300) -> dict:
+    """Sparse autoencoders (one per seed) and a linear probe for ``value mod 10``.
+
+    ``x``: ``[n, d]`` representations (MLP0 outputs of the numeric tokens); ``values``:
+    ``[n]`` their numbers. For each seed, :func:`helpers.sae.match_features` pairs each
+    residue r with the feature that fires most selectively on it (f_r). Returns
+    ``{"saes": [...], "matches": [[10 dicts] per seed], "coverage": [seeds, 10],
+    "precision": [seeds, 10], "features": [seeds, 10, d] (unit decoder rows),
+    "probe": (W, b), "probe_accuracy": float, "cosine": [seeds, 10]`` (probe class
+    direction vs f_r, both centred on the mean over classes).
+    """
+    x = torch.as_tensor(x).float()
+    residues = torch.as_tensor(values) % 10
+    mu = x.mean(0)
+    W, b = train_probe(x - mu, residues, 10, seed=0, steps=probe_steps)
+    acc = float(((x - mu) @ W.T + b).argmax(-1).eq(residues).float().mean())
+    Wc = W - W.mean(0)
+    saes, matches, cov, prec, feats, cos = [], [], [], [], [], []
+    for s in seeds:
+        sae = train_sae(x, n_features, l1=l1, steps=steps, lr=lr, seed=s)
+        m = match_features(sae.encode(x), residues, 10)
+        f = torch.stack([sae.W_dec[r["feature"]] for r in m])
+        fc = f - f.mean(0)
+        saes.append(sae)
+        matches.append(m)
+        cov.append([r["coverage"] for r in m])
+        prec.append([r["precision"] for r in m])
+        feats.append(f)
+        cos.append(torch.nn.functional.cosine_similarity(fc, Wc, dim=1))
+    return {"saes": saes, "matches": matches, "coverage": torch.tensor(cov),
+            "precision": torch.tensor(prec), "features": torch.stack(feats), "probe": (W, b),
+            "probe_accuracy": acc, "probe_mean": mu, "cosine": torch.stack(cos)}
+
+
+def mod10_directions(mod: dict, x: torch.Tensor, seed_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features [10, d], scales [10])`` from one SAE of :func:`mod10_analysis`: f_r is
+    the unit decoder row matched to residue r, its scale the feature's mean activation where
+    it fires (our reading of the paper's scaling, App. D: a reconstruction)."""
+    sae, matches = mod["saes"][seed_index], mod["matches"][seed_index]
+    acts = sae.encode(torch.as_tensor(x).float())
+    feats = torch.stack([sae.W_dec[m["feature"]] for m in matches])
+    scales = torch.stack([acts[:, m["feature"]][acts[:, m["feature"]] > 0].mean()
+                          if (acts[:, m["feature"]] > 0).any() else torch.tensor(0.0) for m in matches])
+    return feats, scales
+
+
+def head_readout(model, head, token_ids) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``r [k, d] -> [k, m]``: one head's effective-OV logits over ``token_ids``."""
+    from ..circuits import parse_head
+
+    L, h = parse_head(head)
+    ids = torch.as_tensor(token_ids, dtype=torch.long)
+    return lambda r: effective_ov_logits(model, r.to(model.W_E.dtype), columns=ids, heads=[(L, h)])[L, h]
+
+
+# --------------------------------------------------------------------------- vector arithmetic
+
+
+@torch.no_grad()
+def vector_arithmetic_grid(reps: torch.Tensor, indices: Sequence[int], features: torch.Tensor,
+                           readout: Callable[[torch.Tensor], torch.Tensor],
+                           candidate_indices: Sequence[int], *, scale: float | torch.Tensor = 1.0,
+                           wrap: int | None = None) -> torch.Tensor:
+    """``[n, 10]`` bool: does editing index mod 10 steer the readout to the right successor?
+
+    For each source row i (representation ``reps[i]``, index ``indices[i]``) and residue j,
+    ``reps[i] − scale·f_{index mod 10} + scale·f_j`` goes through ``readout`` (``[k, d] →
+    [k, m]`` logits over the candidates, whose indices are ``candidate_indices``). Success
+    when the top candidate's index is ``edited + 1`` with ``edited = index − index mod 10 + j``
+    (taken modulo ``wrap`` with 1-based indices when the task is cyclic, e.g. 12 for months).
+    A cell whose target index is not among the candidates is False.
+    """
+    reps = torch.as_tensor(reps).float()
+    features = torch.as_tensor(features).float()
+    if features.shape[0] != 10 or features.shape[1] != reps.shape[1]:
+        raise ValueError(f"features must be [10, d={reps.shape[1]}], got {tuple(features.shape)}")
+    idx = [int(i) for i in indices]
+    if len(idx) != reps.shape[0]:
+        raise ValueError("indices must give one index per row of reps")
+    scale = torch.as_tensor(scale, dtype=torch.float).reshape(-1, 1).expand(10, 1)
+    cand = torch.as_tensor(list(candidate_indices))
+    out = torch.zeros(len(idx), 10, dtype=torch.bool)
+    for a, i in enumerate(idx):
+        r = i % 10
+        edited = reps[a][None] - scale[r] * features[r][None] + scale * features  # [10, d]
+        top = cand[readout(edited).argmax(-1)]
+        for j in range(10):
+            target = i - r + j + 1
+            if wrap:
+                target = (target - 1) % wrap + 1
+            out[a, j] = bool(top[j] == target) and bool((cand == target).any())
+    return out
+
+
+# --------------------------------------------------------------------------- running text
+
+#: Numbered lists written for this book (the paper collected 64 of its own, App. J). Each
+#: ends just before the next item's number, which is the answer (no leading space after a
+#: newline; " 1".." 200" and "1".."200" are all single tokens).
+NUMBERED_LISTS: tuple[str, ...] = (
+    "Packing list:\n1. tent\n2. stove\n3. matches\n",
+    "How to make tea:\n1. Boil the water.\n2. Warm the pot.\n3. Add the leaves.\n4. Pour.\n",
+    "Agenda\n1. Welcome\n2. Minutes of the last meeting\n",
+    "Reasons to walk to work:\n1. It is cheap.\n2. It is quiet.\n3. It wakes you up.\n",
+    "Shopping:\n1. bread\n2. milk\n3. eggs\n4. apples\n5. cheese\n",
+    "Chapter plan\n1. Introduction\n2. Methods\n3. Results\n4. Discussion\n5. Limits\n6. Summary\n",
+    "Rules of the club:\n1. Be on time.\n",
+    "Top cities to visit:\n1. Paris\n2. Rome\n3. Kyoto\n4. Lisbon\n5. Cairo\n6. Lima\n7. Oslo\n",
+    "To do today:\n1. answer emails\n2. fix the bike\n3. call the bank\n4. water plants\n",
+    "Exercises:\n1. Warm up for five minutes.\n2. Run for twenty minutes.\n",
+    "Ingredients\n1. flour\n2. sugar\n3. butter\n4. salt\n5. yeast\n6. water\n7. oil\n8. seeds\n",
+    "Steps to plant a tree:\n1. Dig a hole.\n2. Loosen the roots.\n3. Place the tree.\n",
+    "Goals for the year:\n1. Read more.\n2. Sleep more.\n3. Learn Spanish.\n4. Cook.\n5. Travel.\n",
+    "Questions for the interview:\n1. Why this job?\n2. What is your biggest project?\n",
+    "Safety checklist\n1. Gloves on\n2. Goggles on\n3. Power off\n4. Area clear\n5. Tools ready\n"
+    "6. Partner told\n7. Exit known\n8. Kit ready\n9. Phone charged\n",
+    "Things I learned:\n1. Patience\n2. Listening\n3. Planning\n4. Humour\n",
+)
+
+
+def make_numbered_lists(prompts: Sequence[str] = NUMBERED_LISTS, tokenizer: Any = None) -> PromptSet:
+    """The numbered-list prompts; answer = the next item's number (no leading space).
+
+    ``fields["next"]`` holds that number. Raises if a prompt has no "k." item line.
+    """
+    import re
+
+    tokenizer = tokenizer or _default_tokenizer()
+    nexts = []
+    for p in prompts:
+        found = re.findall(r"^(\d+)\.", p, flags=re.M)
+        if not found or not p.endswith("\n"):
+            raise ValueError(f"a numbered-list prompt needs 'k.' item lines and must end with a newline: {p!r}")
+        nexts.append(int(found[-1]) + 1)
+    return PromptSet.from_texts(prompts, answers=[str(k) for k in nexts],
+                                fields={"next": nexts}, tokenizer=tokenizer)
+
+
+#: Acronym prompts written for this book, in the style of the acronyms chapter: three
+#: capitalised words and an opening bracket; the answer is the acronym's first letter (real
+#: acronyms such as "CPU" are single tokens after "(", so later letters are not separate steps).
+ACRONYMS: tuple[tuple[str, str, str], ...] = (
+    ("Central", "Processing", "Unit"), ("Federal", "Bureau", "Investigation"),
+    ("Gross", "Domestic", "Product"), ("Chief", "Executive", "Officer"),
+    ("World", "Health", "Organization"), ("Random", "Access", "Memory"),
+    ("Personal", "Identification", "Number"), ("Frequently", "Asked", "Questions"),
+    ("Unidentified", "Flying", "Object"), ("Graphics", "Processing", "Unit"),
+    ("National", "Football", "League"), ("British", "Broadcasting", "Corporation"),
+    ("Portable", "Document", "Format"), ("Light", "Emitting", "Diode"),
+    ("Global", "Positioning", "System"), ("Intensive", "Care", "Unit"),
+)
+
+
+def make_acronym_prompts(items=ACRONYMS, tokenizer: Any = None) -> PromptSet:
+    """Prompts ``"The W1 W2 W3 ("``; the answer is W1's capital letter (one token, no space)."""
+    tokenizer = tokenizer or _default_tokenizer()
+    items = list(items)
+    if not items:
+        raise ValueError("no acronym items given")
+    prompts = [f"The {' '.join(words)} (" for words in items]
+    answers = [words[0][0] for words in items]
+    names = ["".join(w[0] for w in words) for words in items]
+    return PromptSet.from_texts(prompts, answers=answers, fields={"acronym": names}, tokenizer=tokenizer)
+
+
+_TEXT_FILE = Path(__file__).with_name("successor_heads_text.txt")
+
+
+def load_text_sample(n_docs: int = 16, *, use_hub: bool = False, max_chars: int = 2000) -> tuple[list[str], str]:
+    """``(documents, source)``: natural text to score every prefix of.
+
+    ``use_hub``: the first ``n_docs`` documents of the Pile 10k sample
+    (``NeelNanda/pile-10k`` on the Hugging Face hub, the sample commonly used for GPT-2
+    analyses), each cut to ``max_chars``. Otherwise the paragraphs of the short text
+    shipped with this module (written for the book, dedicated to the public domain, CC0).
+    """
+    if n_docs < 1:
+        raise ValueError("n_docs must be at least 1")
+    if use_hub:
+        try:
+            from datasets import load_dataset
+
+            ds = load_dataset("NeelNanda/pile-10k", split=f"train[:{n_docs}]")
+            return [t[:max_chars] for t in ds["text"]], "the Pile 10k sample (NeelNanda/pile-10k)"
+        except Exception as err:  # the hub answered for the model but not for the data set
+            print(f"The Pile sample could not be loaded ({type(err).__name__}); using the shipped text.")
+    text = _TEXT_FILE.read_text(encoding="utf-8")
+    body = text.split("\n---\n", 1)[1]
+    docs = [p.strip() for p in body.split("\n\n") if p.strip()]
+    return docs[:n_docs], "the book's own text sample (CC0, successor_heads_text.txt)"
+
+
+_ORDINAL_WORDS = {w for task in TASKS for w in TASKS[task]}
+
+
+def categorise_wins(tokenizer, tokens: torch.Tensor, rows, positions, answers) -> list[str]:
+    """A category for each (row, position, answer) won by the successor head.
+
+    ``"incrementing"``: the answer is a succession item whose predecessor occurs earlier
+    in the text; ``"greater-than"``: the answer is a number larger than a number earlier
+    (and not its successor); ``"acronym"``: the answer is 1–3 capital letters; else
+    ``"other"``. A simple rule on the text, not the paper's attention-based categories.
+    """
+    out = []
+    for r, p, a in zip(torch.as_tensor(rows).tolist(), torch.as_tensor(positions).tolist(),
+                       torch.as_tensor(answers).tolist()):
+        ans = tokenizer.decode([a]).strip()
+        context = [tokenizer.decode([t]).strip() for t in tokens[r, : p + 1].tolist()]
+        category = "other"
+        for task, words in TASKS.items():
+            if ans in words and words.index(ans) > 0 and words[words.index(ans) - 1] in context:
+                category = "incrementing"
+                break
+        if category == "other" and ans.isdigit():
+            earlier = [int(c) for c in context if c.isdigit()]
+            if earlier and int(ans) > max(earlier):
+                category = "greater-than"
+        if category == "other" and ans.isalpha() and ans.isupper() and len(ans) <= 3:
+            category = "acronym"
+        out.append(category)
+    return out
+
+
+# --------------------------------------------------------------------------- published numbers
+
+#: The head this chapter expects in GPT-2 small. Not from the paper: from the precursor post
+#: (Gould et al., LessWrong) and third-party validation notes; the chapter lets the screen name it.
+EXPECTED_HEAD = "9.1"
+
+_SECONDARY = "secondary source"
+SUCCESSOR: dict[str, Reference] = {
+    "n_tokens": Reference(294, "Gould et al. 2023, succession dataset (8 tasks); fact sheet", "paper text"),
+    "heads_small": Reference(144, "GPT-2 small: 12 layers × 12 heads", "paper text"),
+    "heads_medium": Reference(384, "GPT-2 medium: 24 layers × 16 heads", "paper text"),
+    "exists": Reference(1, "abstract and Fig. 2: successor heads in GPT-2 (score above the threshold)",
+                        "paper text"),
+    "threshold": Reference(0.5, "fixed succession-score threshold, 'more than half' (audit)", _SECONDARY),
+    "mod10_cosine": Reference(0.708, "mean cosine probe vs SAE mod-10 features (audit; summaries)", _SECONDARY,
+                              "Pythia / the paper's models, not GPT-2"),
+    "mod10_coverage": Reference(0.585, "modal mod-10 feature coverage of its class (audit)", _SECONDARY,
+                                "Pythia / the paper's models"),
+    "mod10_transfer": Reference(94 / 102, "mod-10 features predict index mod 10 on 94 of 102 "
+                                "non-numeric tokens (audit)", _SECONDARY),
+    "va_numbers": Reference(0.89, "vector arithmetic, numbers 20–29 (reviews; Fig. 7)", _SECONDARY, "Pythia"),
+    "va_months": Reference(0.53, "vector arithmetic, months (reviews; Fig. 7)", _SECONDARY, "Pythia"),
+    "numbered_lists": Reference(1.0, "successor head wins on all 64 numbered lists (App. J; reviews)",
+                                _SECONDARY),
+    "pile_acronyms": Reference(0.238, "share of the head's Pile wins that are acronyms (audit)", _SECONDARY,
+                               "Pythia-1.4B L12H0"),
+    "pile_greater_than": Reference(0.189, "share of the head's Pile wins that are greater-than (audit)",
+                                   _SECONDARY, "Pythia-1.4B L12H0"),
+    "days_only_9_1": Reference(1.0, "GPT-2 small, days: 9.1 is 7/7 (third-party notes)", _SECONDARY),
+}
+
+#: The successor head of GPT-2 small as a one-head "circuit" (its class and where it acts).
+SUCCESSOR_CIRCUIT = Circuit.from_labels(
+    "Successor head, GPT-2 small", {"successor head": (EXPECTED_HEAD,)}, "END",
+    source="precursor post (Gould et al., LessWrong) and third-party notes; not the paper",
+)

@@ -1,0 +1,292 @@
+"""Successor heads chapter: the dataset on the real tokenizer, the screen on planted heads,
+the SAE trainer on planted features, vector arithmetic on a planted mod-10 structure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest_patching import boot
+from helpers import (
+    argmax_score,
+    dla_by_head,
+    effective_ov_logits,
+    gpt2_tokenizer,
+    head_direct_effects,
+    hook_name,
+    match_features,
+    ov_logits,
+    token_inputs,
+    top_heads,
+    train_probe,
+    train_sae,
+)
+from helpers.cases import successor_heads as sh
+from helpers.models import ModelSpec
+
+# --------------------------------------------------------------------------- the data
+
+
+def test_dataset_294_single_tokens_on_real_tokenizer():
+    tok = gpt2_tokenizer()
+    data = sh.make_succession_dataset(tokenizer=tok)
+    assert len(data) == 294
+    table = data.table()
+    assert table["tokens"].tolist() == [200, 20, 10, 7, 7, 12, 12, 26]
+    for i in range(len(data)):
+        word = data.fields["word"][i]
+        assert tok.encode(" " + word) == [int(data.token_ids[i])]
+    assert data.token_ids.unique().numel() == 293  # " May": a month and a month prefix
+    # wrap-around: Sunday → Monday, Dec → Jan; no successor for 200, twenty, tenth, Z
+    ids = {w: tok.encode(" " + w)[0] for w in ("Sunday", "Monday", "Dec", "Jan", "12", "13")}
+    ans = dict(zip(data.token_ids.tolist(), data.answers.tolist()))
+    assert ans[ids["Sunday"]] == ids["Monday"] and ans[ids["Dec"]] == ids["Jan"]
+    assert ans[ids["12"]] == ids["13"]
+    last = [w for w, h in zip(data.fields["word"], data.has_successor) if not h]
+    assert last == ["200", "twenty", "tenth", "Z"]
+    assert int(data.has_successor.sum()) == 290
+
+
+def test_title_case_number_words_are_not_single_tokens():
+    with pytest.raises(ValueError, match="Thirteen"):
+        sh.check_single_tokens(["Thirteen"], gpt2_tokenizer())
+
+
+def test_unknown_task_and_bad_inputs():
+    with pytest.raises(ValueError, match="unknown"):
+        sh.make_succession_dataset(tasks=["weekdays"])
+    data = sh.make_succession_dataset(tasks=["days"])
+    with pytest.raises(KeyError, match="unknown task"):
+        data.task_rows("months")
+    with pytest.raises(ValueError, match="logits must be"):
+        sh.scores_from_logits(torch.zeros(3, 3), data)
+    with pytest.raises(ValueError, match="restrict"):
+        sh.scores_from_logits(torch.zeros(7, 7), data, restrict="ordinal")
+    with pytest.raises(ValueError, match="newline"):
+        sh.make_numbered_lists(["no list here"])
+
+
+def test_numbered_lists_and_acronyms_tokenize():
+    tok = gpt2_tokenizer()
+    lists = sh.make_numbered_lists(tokenizer=tok)
+    assert len(lists) == len(sh.NUMBERED_LISTS)
+    for p, a, k in zip(lists.prompts, lists.answers.tolist(), lists.fields["next"]):
+        assert tok.decode([a]) == str(k) and p.endswith("\n")
+    acr = sh.make_acronym_prompts(tokenizer=tok)
+    assert [tok.decode([a]) for a in acr.answers.tolist()] == [a[0] for a in acr.fields["acronym"]]
+
+
+def test_text_sample_ships_with_licence():
+    docs, source = sh.load_text_sample(100)
+    assert len(docs) >= 8 and "CC0" in source
+    assert "CC0" in sh._TEXT_FILE.read_text().split("---")[0]
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _perm_logits(data, successor: bool) -> torch.Tensor:
+    n = len(data)
+    logits = torch.zeros(n, n)
+    for i, j in enumerate(data.successor_row.tolist()):
+        logits[i, j if (successor and j >= 0) else i] = 1.0
+    return logits
+
+
+@pytest.mark.parametrize("restrict", ["task", "all"])
+def test_succession_score_perfect_successor_is_1_identity_is_0(restrict):
+    data = sh.make_succession_dataset()
+    both = torch.stack([_perm_logits(data, True), _perm_logits(data, False)])
+    out = sh.scores_from_logits(both, data, restrict=restrict)
+    assert out["score"].tolist() == [1.0, 0.0]
+    for task, s in out["per_task"].items():
+        assert s.tolist() == [1.0, 0.0], task
+
+
+def test_argmax_score_valid_and_errors():
+    logits = torch.eye(3)[None]
+    assert argmax_score(logits, torch.tensor([0, 1, 0]), torch.tensor([True, True, False])).item() == 1.0
+    with pytest.raises(ValueError, match="targets must be"):
+        argmax_score(logits, torch.tensor([0, 1]))
+
+
+TINY2 = ModelSpec("tiny-successor", "openai-community/gpt2", n_layers=2, n_heads=2, d_model=64)
+PLANTED = (1, 1)
+
+
+def _planted_successor_model(data):
+    """Head 1.1's OV maps each task token (embedding e_k) to its successor's direction."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    d, dh = TINY2.d_model, TINY2.d_head
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=d, n_positions=32, vocab_size=TINY2.d_vocab)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        hf = GPT2LMHeadModel(config)
+    ids = data.token_ids.tolist()
+    k_of = {t: k for k, t in enumerate(ids)}
+    L, h = PLANTED
+    with torch.no_grad():
+        wte = hf.transformer.wte.weight
+        for k, t in enumerate(ids):
+            wte[t] = 0.0
+            wte[t, k] = 8.0
+        attn = hf.transformer.h[L].attn
+        attn.c_attn.weight[:, 2 * d + h * dh: 2 * d + (h + 1) * dh] = 0.0
+        attn.c_attn.bias[2 * d + h * dh: 2 * d + (h + 1) * dh] = 0.0
+        attn.c_proj.weight[h * dh:(h + 1) * dh] = 0.0
+        for k, t in enumerate(ids):
+            attn.c_attn.weight[k, 2 * d + h * dh + k] = 1.0
+            a = int(data.answers[k])
+            if a >= 0:
+                attn.c_proj.weight[h * dh + k, k_of[a]] = 4.0
+    return boot(hf, TINY2, seed=5)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    data = sh.make_succession_dataset(tasks=["days", "months", "ordinals"])
+    assert len(data) <= TINY2.d_head
+    return data, _planted_successor_model(data)
+
+
+def test_planted_successor_head_ranked_first(planted):
+    data, model = planted
+    out = sh.succession_scores(model, data, inputs="embed")
+    assert top_heads(out["score"], 1)[0][0] == "1.1"
+    assert out["score"][PLANTED].item() == 1.0
+    for task in data.task_names:
+        assert out["per_task"][task][PLANTED].item() == 1.0
+    others = out["score"].clone()
+    others[PLANTED] = float("nan")
+    assert torch.nan_to_num(others, nan=0).max() < 0.6
+    all_restrict = sh.succession_scores(model, data, inputs="embed", restrict="all")
+    assert all_restrict["score"][PLANTED].item() == 1.0
+
+
+def test_effective_ov_matches_ov_logits_and_mlp0_matches_the_model(planted):
+    data, model = planted
+    x = token_inputs(model, data.token_ids, "mlp0")
+    full = effective_ov_logits(model, x, heads=["1.1"])
+    assert full[0].isnan().all() and not full[1, 1].isnan().any()
+    torch.testing.assert_close(full[1, 1], ov_logits(model, "1.1", x).float(), atol=1e-4, rtol=1e-4)
+    # MLP0 on the bare embedding equals the model's MLP0 when block 0's residual is W_E[t]
+    emb = model.W_E[data.token_ids]
+    store = {}
+
+    def set_mid(t, hook):
+        return emb[:, None, :].expand_as(t).clone()
+
+    def save(t, hook):
+        store["mlp"] = t.detach()
+
+    model.run_with_hooks(data.token_ids[:, None], fwd_hooks=[
+        (hook_name("resid_mid", 0), set_mid), (hook_name("mlp_out", 0), save)])
+    torch.testing.assert_close(store["mlp"][:, 0], x, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(token_inputs(model, data.token_ids, "embed+mlp0"), emb + x)
+    with pytest.raises(ValueError, match="kind"):
+        token_inputs(model, data.token_ids, "resid")
+
+
+def test_head_direct_effects_equal_dla(tiny_model):
+    tokens = torch.randint(0, 1000, (3, 6))
+    rows = torch.tensor([0, 1, 2, 2])
+    pos = torch.tensor([5, 3, 1, 5])
+    answers = torch.tensor([11, 12, 13, 14])
+    out = head_direct_effects(tiny_model, tokens, rows, pos, answers, batch_size=2)
+    _, cache = tiny_model.run_with_cache(tokens[rows])
+    ref = dla_by_head(tiny_model, cache, answers, positions=pos)  # [L, H, m]
+    torch.testing.assert_close(out["dla"], ref.permute(2, 0, 1).float(), atol=1e-4, rtol=1e-4)
+    same = head_direct_effects(tiny_model, tokens, [1, 1], [4, 4], [7, 7])  # mean = itself
+    torch.testing.assert_close(same["drop"], torch.zeros_like(same["drop"]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="outside"):
+        head_direct_effects(tiny_model, tokens, rows, pos + 3, answers)
+
+
+# --------------------------------------------------------------------------- SAE and probe
+
+
+def test_sae_recovers_planted_sparse_features():
+    gen = torch.Generator().manual_seed(0)
+    d, k, n = 24, 8, 1000
+    true = torch.linalg.qr(torch.randn(d, d, generator=gen))[0][:k]  # orthonormal rows
+    active = (torch.rand(n, k, generator=gen) < 0.15).float()
+    x = (active * (1 + torch.rand(n, k, generator=gen))) @ true
+    sae = train_sae(x, 16, l1=0.1, steps=300, lr=3e-2, seed=0)
+    cos = true @ sae.W_dec.T  # [k, F]
+    assert cos.max(1).values.min() > 0.9, cos.max(1).values
+    assert sae.losses["explained_variance"] > 0.9
+    labels = active.argmax(1)
+    single = active.sum(1) == 1
+    m = match_features(sae.encode(x[single]), labels[single], k)
+    assert min(r["coverage"] for r in m) > 0.9
+    with pytest.raises(ValueError, match="x must be"):
+        train_sae(torch.zeros(1, 4), 2)
+
+
+def test_probe_learns_planted_classes():
+    gen = torch.Generator().manual_seed(1)
+    centres = torch.randn(10, 16, generator=gen) * 3
+    labels = torch.arange(200) % 10
+    x = centres[labels] + 0.3 * torch.randn(200, 16, generator=gen)
+    W, b = train_probe(x, labels, 10, steps=150)
+    assert (x @ W.T + b).argmax(-1).eq(labels).float().mean() == 1.0
+    with pytest.raises(ValueError, match="labels"):
+        train_probe(x, labels + 5, 10)
+
+
+def test_mod10_analysis_on_planted_residues():
+    gen = torch.Generator().manual_seed(2)
+    basis = torch.linalg.qr(torch.randn(48, 48, generator=gen))[0]
+    values = torch.arange(1, 121)
+    x = 3 * basis[values % 10] + 3 * basis[10 + (values // 10) % 12]
+    out = sh.mod10_analysis(x, values, seeds=(0,), n_features=24, l1=0.1, steps=300, probe_steps=150)
+    assert out["probe_accuracy"] == 1.0
+    assert out["coverage"].mean() > 0.8 and out["cosine"].mean() > 0.5
+
+
+# --------------------------------------------------------------------------- vector arithmetic
+
+
+def _planted_mod10(known: int = 10):
+    """rep(i) = decade direction + residue direction; the readout reads both and answers
+    the successor (same decade, next residue). Residues ≥ ``known`` are invisible to it."""
+    basis = torch.eye(40)
+    f = basis[:10]
+    dec = basis[10:20]
+    cand = list(range(1, 61))
+    W = torch.stack([dec[(c - 1) // 10] + (f[(c - 1) % 10] if (c - 1) % 10 < known else 0 * f[0])
+                     for c in cand])  # [m, d]: candidate c wants its predecessor's residue
+
+    def readout(r):
+        return r @ W.T
+
+    idx = list(range(20, 30))
+    reps = torch.stack([dec[i // 10] + f[i % 10] for i in idx])  # rep(i) → candidate i + 1
+    return reps, idx, f, readout, cand
+
+
+def test_vector_arithmetic_succeeds_on_planted_structure():
+    reps, idx, f, readout, cand = _planted_mod10()
+    grid = sh.vector_arithmetic_grid(reps, idx, f, readout, cand)
+    assert grid.all()
+
+
+def test_vector_arithmetic_fails_where_features_are_unknown():
+    reps, idx, f, readout, cand = _planted_mod10(known=5)
+    grid = sh.vector_arithmetic_grid(reps, idx, f, readout, cand)
+    assert not grid[:, 5:].any()
+    assert grid[:, :5].all()
+    with pytest.raises(ValueError, match="features must be"):
+        sh.vector_arithmetic_grid(reps, idx, f[:5], readout, cand)
+
+
+def test_vector_arithmetic_wraps_for_months():
+    basis = torch.eye(16)
+    f = basis[:10]
+    cand = list(range(1, 13))
+    W = torch.stack([f[((c - 2) % 12 + 1) % 10] for c in cand])  # c reads its predecessor
+    reps = torch.stack([f[i % 10] for i in range(1, 13)])
+    grid = sh.vector_arithmetic_grid(reps, list(range(1, 13)), f, lambda r: r @ W.T, cand, wrap=12)
+    assert grid[10, 0]  # November (11) edited to residue 0 → October (10) → November
+    assert grid[11, 2]  # December (12) with its own residue → 13 wraps to January (1)
