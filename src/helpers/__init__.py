@@ -20,7 +20,8 @@ from .ablation import (
 from .attribution import dla, dla_by_head, dla_by_layer
 from .circuits import Circuit, Head, head_label, parse_head
 from .display import attention_view, model_banner, setup_notebook, show_attention
-from .heads import attention_between, copy_score, format_heads, ov_logits, top_heads
+from .heads import attention_between, copy_score, format_heads, ov_logits, top_fraction_heads, top_heads
+from .interventions import attention_edit_hooks
 from .hooks import (
     activations_at,
     all_heads,
