@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -18,7 +19,7 @@ import torch
 from .circuits import Head, head_label, parse_head
 from .hooks import as_tokens, folded_layer_norm, hook_name
 
-__all__ = ["top_heads", "format_heads", "attention_between", "copy_score", "ov_logits"]
+__all__ = ["top_heads", "format_heads", "top_fraction_heads", "attention_between", "copy_score", "ov_logits"]
 
 
 def top_heads(scores: torch.Tensor, k: int = 5, *, largest: bool = True) -> list[tuple[str, float]]:
@@ -118,3 +119,14 @@ def copy_score(
             hits += (top == token_ids[start : start + 256, None]).any(-1).float().sum().item()
         out[head_label(*parse_head(head))] = hits / max(1, resid.shape[0])
     return out
+
+
+def top_fraction_heads(scores: torch.Tensor, fraction: float) -> list[str]:
+    """The ``ceil(fraction · n)`` heads with the largest ``|score|`` (``n`` = heads scored;
+    ``NaN`` = not scored), as ``"L.H"`` labels: Merullo et al.'s "top 2% per stage"."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    scores = torch.as_tensor(scores).detach().float().cpu()
+    valid = int((~scores.isnan()).sum())
+    k = max(1, math.ceil(fraction * valid - 1e-9))
+    return [label for label, _ in top_heads(scores.abs(), k)]

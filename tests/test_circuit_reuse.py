@@ -1,0 +1,182 @@
+"""Circuit reuse (helpers.cases.circuit_reuse): Colored Objects data on GPT-2's real tokenizer,
+the attention intervention, the top-2% overlap, and path patching on GPT-2 medium's shape."""
+
+import pytest
+import torch
+
+from helpers import (
+    LogitDiffMetric,
+    attention_edit_hooks,
+    capture,
+    hook_name,
+    load_model,
+    path_patch,
+    path_patch_reference,
+    top_fraction_heads,
+)
+from helpers.cases.circuit_reuse import (
+    COLOR_POSITIONS,
+    COLORS,
+    PROMPT_TOKENS,
+    accuracies,
+    flip_s2_to_io,
+    make_colored_objects,
+    wrong_color_rows,
+)
+from helpers.cases.ioi import make_ioi_dataset
+from helpers.models import gpt2_tokenizer
+
+
+@pytest.fixture(scope="module")
+def cobj():
+    return make_colored_objects(60, seed=3)
+
+
+def test_every_prompt_is_62_tokens_with_colors_at_41_45_50(cobj):
+    tok = gpt2_tokenizer()
+    assert cobj.tokens.shape == (60, PROMPT_TOKENS) and (cobj.lengths == 62).all()
+    for i in range(len(cobj)):
+        for j, pos in enumerate(COLOR_POSITIONS):
+            assert tok.decode([int(cobj.tokens[i, pos])]) == " " + cobj.colors[i][j]
+        answer = tok.decode([int(cobj.answers[i])])
+        assert answer == " " + cobj.colors[i][int(cobj.asked[i])].capitalize()  # Title case
+        assert cobj.prompts[i].endswith(f"What color is the {cobj.objects[i][int(cobj.asked[i])]}?\nA:")
+        assert len(set(cobj.colors[i])) == 3 and len(set(cobj.objects[i])) == 3
+    assert {c for cs in cobj.colors for c in cs} <= set(COLORS)
+
+
+def test_the_counterfactual_changes_only_the_asked_object_and_the_answer(cobj):
+    cf = cobj.counterfactual()
+    differs = (cf.tokens != cobj.tokens)
+    assert differs.sum(1).eq(1).all() and differs[:, cobj.positions["Q_OBJ"][0]].all()
+    assert torch.equal(cf.answers, cobj.wrong) and torch.equal(cf.wrong, cobj.answers)
+    assert (cf.answers != cobj.answers).all()
+    assert torch.equal(cf.counterfactual().tokens, cobj.tokens)
+
+
+def test_bad_sizes_fail_clearly():
+    with pytest.raises(ValueError, match="at least 1"):
+        make_colored_objects(0)
+
+
+def test_wrong_color_rows_put_half_on_each_wrong_color(cobj):
+    rows = wrong_color_rows(cobj)
+    assert torch.allclose(rows.sum(1), torch.ones(len(cobj)))
+    for i in range(5):
+        right = COLOR_POSITIONS[int(cobj.asked[i])]
+        assert rows[i, right] == 0 and sorted(rows[i].nonzero().flatten().tolist()) == sorted(
+            set(COLOR_POSITIONS) - {right})
+
+
+def test_flip_s2_to_io_changes_only_s2():
+    ioi = make_ioi_dataset(12, seed=1)
+    flip = flip_s2_to_io(ioi)
+    differs = flip.tokens != ioi.tokens
+    assert differs.sum(1).eq(1).all()
+    assert differs[torch.arange(12), ioi.positions["S2"]].all()
+    assert torch.equal(flip.tokens[torch.arange(12), ioi.positions["S2"]], ioi.io_tokens)
+
+
+def _patterns(model, tokens, hooks=()):
+    names = [hook_name("pattern", L) for L in range(model.cfg.n_layers)]
+    logits, acts = capture(model, tokens, names, fwd_hooks=hooks)
+    return logits, acts
+
+
+def test_attention_edit_changes_only_the_chosen_heads_at_the_query(tiny_model):
+    m = tiny_model
+    tokens = torch.randint(100, 5000, (3, 7), generator=torch.Generator().manual_seed(0))
+    query = torch.tensor([6, 5, 4])
+    rows = torch.zeros(3, 7)
+    rows[torch.arange(3), query - 2] = 0.25
+    rows[torch.arange(3), 0] = 0.75
+    logits0, base = _patterns(m, tokens)
+    logits1, edited = _patterns(m, tokens, attention_edit_hooks(m, ["1.2"], query, rows=rows))
+    p0, p1 = base[hook_name("pattern", 1)], edited[hook_name("pattern", 1)]
+    b = torch.arange(3)
+    assert torch.allclose(p1[b, 2, query], rows) and torch.allclose(p1[b, 2, query].sum(-1), torch.ones(3))
+    changed = (p1 - p0).abs() > 0
+    assert changed[:, [0, 1, 3]].sum() == 0  # other heads untouched
+    mask = torch.ones_like(changed[:, 2])
+    mask[b, query] = False
+    assert changed[:, 2][mask].sum() == 0  # other query positions untouched
+    assert torch.equal(base[hook_name("pattern", 0)], edited[hook_name("pattern", 0)])
+    assert not torch.allclose(logits0, logits1)  # the new pattern reaches the output
+    # a no-op edit (the model's own rows) changes nothing; nor does blocking nothing
+    own = p0[b, 2, query]
+    same, _ = _patterns(m, tokens, attention_edit_hooks(m, ["1.2"], query, rows=own))
+    assert torch.allclose(same, logits0, atol=1e-5)
+    none, _ = _patterns(m, tokens, attention_edit_hooks(m, ["1.2"], query, block=torch.zeros(3, 7, dtype=torch.bool)))
+    assert torch.allclose(none, logits0, atol=1e-5)
+
+
+def test_blocking_keys_zeroes_them_and_renormalises(tiny_model):
+    m = tiny_model
+    tokens = torch.randint(100, 5000, (2, 6), generator=torch.Generator().manual_seed(1))
+    query = torch.tensor([5, 5])
+    block = torch.zeros(2, 6, dtype=torch.bool)
+    block[:, 1:3] = True
+    _, base = _patterns(m, tokens)
+    _, edited = _patterns(m, tokens, attention_edit_hooks(m, [(0, 1)], query, block=block))
+    row0, row1 = base[hook_name("pattern", 0)][:, 1, 5], edited[hook_name("pattern", 0)][:, 1, 5]
+    assert (row1[:, 1:3] == 0).all() and torch.allclose(row1.sum(-1), torch.ones(2))
+    kept = row0.clone()
+    kept[:, 1:3] = 0
+    assert torch.allclose(row1, kept / kept.sum(-1, keepdim=True), atol=1e-6)
+
+
+def test_attention_edit_rejects_impossible_rows(tiny_model):
+    q = torch.tensor([3])
+    with pytest.raises(ValueError, match="sums to"):
+        attention_edit_hooks(tiny_model, ["1.0"], q, rows=torch.full((1, 5), 0.5))
+    with pytest.raises(ValueError, match="not causal"):
+        attention_edit_hooks(tiny_model, ["1.0"], q, rows=torch.tensor([[0, 0, 0, 0, 1.0]]))
+    with pytest.raises(ValueError, match="does not exist"):
+        attention_edit_hooks(tiny_model, ["7.0"], q, rows=torch.tensor([[1.0, 0, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="exactly one"):
+        attention_edit_hooks(tiny_model, ["1.0"], q)
+
+
+def test_top_two_percent_per_stage_and_overlap_on_hand_made_maps():
+    a = torch.zeros(24, 16)
+    b = torch.zeros(24, 16)
+    top_a = [(19, 1), (15, 14), (16, 15), (17, 4), (18, 5), (19, 15), (12, 3), (13, 4)]
+    for i, (L, h) in enumerate(top_a):
+        a[L, h] = -(10 + i)  # large negative effects count by their size
+    for i, (L, h) in enumerate(top_a[2:] + [(11, 6), (11, 7)]):
+        b[L, h] = 5 + i
+    ta, tb = top_fraction_heads(a, 0.02), top_fraction_heads(b, 0.02)
+    assert len(ta) == len(tb) == 8  # ceil(2% of 384)
+    assert set(ta) == {f"{L}.{h}" for L, h in top_a}
+    assert len(set(ta) & set(tb)) == 6
+    a[0, :] = float("nan")  # unscored heads never count
+    assert len(top_fraction_heads(a, 0.02)) == 8 and "0.0" not in top_fraction_heads(a, 0.02)
+    with pytest.raises(ValueError):
+        top_fraction_heads(a, 0)
+
+
+def test_accuracies_match_a_hand_count(tiny_model, cobj):
+    ds = cobj.subset(range(6))
+    from helpers import logits_at_positions
+
+    logits = logits_at_positions(tiny_model, ds.tokens, ds.positions["END"])
+    full = (logits.argmax(-1) == ds.answers).float().mean().item()
+    cand = ds.color_tokens
+    choice = (cand[torch.arange(6), logits.gather(1, cand).argmax(-1)] == ds.answers).float().mean().item()
+    got = accuracies(tiny_model, ds, choices=cand, batch_size=4)
+    assert got == {"full": pytest.approx(full), "choice": pytest.approx(choice)}
+
+
+def test_path_patching_on_gpt2_medium_shape_matches_the_reference(cobj):
+    model = load_model("gpt2-medium", weights="random", seed=0, device="cpu")
+    ds = cobj.subset(range(2))
+    cf = ds.counterfactual()
+    metric = LogitDiffMetric(ds.answers, ds.wrong, ds.positions["END"])
+    senders = [(3, 5), (12, 3), (20, 15)]
+    for kw in (dict(receivers="logits", sender_positions="END"),
+               dict(receivers=[(21, 4)], receiver_input="q", sender_positions=None)):
+        fast = path_patch(model, ds.tokens, cf.tokens, metric, senders=senders, named_positions=ds.positions, **kw)
+        ref = path_patch_reference(model, ds.tokens, cf.tokens, metric, senders=senders,
+                                   named_positions=ds.positions, **kw)
+        assert torch.equal(fast.isnan(), ref.isnan()) and (~fast.isnan()).sum() == 3
+        assert torch.allclose(fast[~fast.isnan()], ref[~ref.isnan()], atol=1e-4)
