@@ -80,5 +80,22 @@ from .plotting import bar, heads_heatmap, layer_position_heatmap, line, scatter,
 from .project import COLAB_INSTALL_SPEC, REPOSITORY_URL
 from .prompts import PAD_TOKEN_ID, PromptSet, check_single_tokens, tokenize
 from .scorecard import Reference, Scorecard
+from .tracing import (
+    ROLES,
+    TRACE_KINDS,
+    GainFit,
+    KnockoutResult,
+    TraceResult,
+    attention_knockout,
+    causal_trace,
+    fit_head_gains,
+    layer_window,
+    logit_lens,
+    noise_scale,
+    scale_hooks,
+    subject_mask,
+    trace_by_role,
+    trace_heatmap,
+)
 
 __version__ = "0.1.0"
