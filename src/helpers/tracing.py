@@ -313,8 +313,8 @@ def attention_knockout(
     gets its attention score from each prompt's last token to the positions in
     ``sources`` (``[n, L]`` bool) set to −∞ before the softmax, so the last token cannot
     read them there; the answer probability at the last token is measured. The last token
-    itself is never blocked (it always attends to itself). All layers of a prompt batch
-    are rows of one pass.
+    itself is never blocked (it always attends to itself). Every (prompt, layer) pair is a
+    row of a batched pass (``batch_tokens`` tokens per pass).
     """
     tokens = as_tokens(tokens)
     n, seq = tokens.shape
@@ -324,41 +324,44 @@ def attention_knockout(
         raise ValueError(f"sources must be a [n, L] = {(n, seq)} bool mask, got {tuple(sources.shape)}")
     answers = torch.as_tensor(answers).reshape(-1).long()
     n_layers, dev = model.cfg.n_layers, model.cfg.device
-    clean = torch.zeros(n)
+    last = (lengths - 1).long()
+    src = sources.clone()
+    src[torch.arange(n), last] = False  # the last token always sees itself
+    clean = logits_at_positions(model, tokens.to(dev), last).float().softmax(-1)
+    clean = clean[torch.arange(n), answers.to(clean.device)].cpu()
+    # one row per (prompt, window centre), packed ``batch_tokens`` tokens per pass
+    configs = [(i, l) for i in range(n) for l in range(n_layers)]
+    per_pass = max(1, batch_tokens // seq)
     knocked = torch.zeros(n, n_layers)
-    iterator = range(n)
+    starts = range(0, len(configs), per_pass)
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc="attention knockout")
-    for i in iterator:
-        Li, a = int(lengths[i]), int(answers[i])
-        toks = tokens[i : i + 1, :Li].to(dev)
-        src = sources[i, :Li].clone()
-        src[Li - 1] = False
-        clean[i] = logits_at_positions(model, toks)[0].float().softmax(-1)[a].cpu()
-        if not src.any():
-            knocked[i] = clean[i]
-            continue
-        per_pass = max(1, batch_tokens // Li)
-        for start in range(0, n_layers, per_pass):
-            layers = list(range(start, min(n_layers, start + per_pass)))
-            hooks = []
-            for L in range(n_layers):
-                rows = [r for r, l in enumerate(layers) if L in layer_window(l, window, n_layers)]
-                if not rows:
-                    continue
+        starts = tqdm(starts, desc="attention knockout")
+    for start in starts:
+        chunk = configs[start : start + per_pass]
+        prompt = torch.tensor([i for i, _ in chunk])
+        hooks = []
+        for L in range(n_layers):
+            rows = [r for r, (_, l) in enumerate(chunk) if L in layer_window(l, window, n_layers)]
+            if not rows:
+                continue
 
-                def block(scores, hook, _rows=torch.tensor(rows), _src=src):
-                    scores = scores.clone()
-                    sub = scores[_rows.to(scores.device), :, Li - 1]  # [rows, heads, Li]
-                    sub[..., _src.to(scores.device)] = -math.inf
-                    scores[_rows.to(scores.device), :, Li - 1] = sub
-                    return scores
+            def block(scores, hook, _rows=torch.tensor(rows)):
+                r = _rows.to(scores.device)
+                q = last[prompt[_rows]].to(scores.device)
+                keys = src[prompt[_rows]].to(scores.device)  # [rows, seq]
+                sub = scores[r, :, q]  # [rows, heads, seq]
+                sub = sub.masked_fill(keys[:, None, :], -math.inf)
+                scores = scores.clone()
+                scores[r, :, q] = sub
+                return scores
 
-                hooks.append((hook_name("attn_scores", L), block))
-            lg = logits_at_positions(model, toks.expand(len(layers), Li), None, fwd_hooks=hooks)
-            knocked[i, layers] = lg.float().softmax(-1)[:, a].cpu()
+            hooks.append((hook_name("attn_scores", L), block))
+        lg = logits_at_positions(model, tokens[prompt].to(dev), last[prompt], fwd_hooks=hooks)
+        p = lg.float().softmax(-1)[torch.arange(len(chunk)), answers[prompt].to(lg.device)]
+        for (i, l), v in zip(chunk, p.cpu()):
+            knocked[i, l] = v
     return KnockoutResult(window, clean, knocked)
 
 
