@@ -210,3 +210,36 @@ def test_scale_hooks(task):
     assert not torch.allclose(zero, base, atol=1e-3)
     with pytest.raises(ValueError, match="no such head"):
         scale_hooks(m, {"7.0": 0.5})
+
+
+# ---------------------------------------------------------------- exercise checks
+
+
+def test_exercise_checks_pass_the_reference_and_name_known_mistakes():
+    from helpers.exercises.factual_recall import (
+        check_gain_fit,
+        check_noise_scale,
+        reference_gain_fit,
+        reference_noise_scale,
+    )
+
+    assert check_noise_scale(reference_noise_scale).passed
+    assert "factor 3" in check_noise_scale(lambda W, t, m: W[t[m]].std()).message
+    assert "whole vocabulary" in check_noise_scale(lambda W, t, m: 3 * W.std()).message
+
+    def todo(*args):
+        raise NotImplementedError
+
+    assert check_noise_scale(todo).status == "todo"
+    assert check_gain_fit(reference_gain_fit).passed
+
+    def solved(X, y):
+        Xc, yc = X - X.mean(0), y - y.mean(0)
+        return torch.linalg.solve(torch.einsum("njd,nkd->jk", Xc, Xc), torch.einsum("njd,nd->j", Xc, yc))
+
+    assert check_gain_fit(solved).passed
+
+    def uncentred(X, y):
+        return torch.linalg.solve(torch.einsum("njd,nkd->jk", X, X), torch.einsum("njd,nd->j", X, y))
+
+    assert "intercept" in check_gain_fit(uncentred).message
