@@ -83,5 +83,22 @@ from .project import COLAB_INSTALL_SPEC, REPOSITORY_URL
 from .prompts import PAD_TOKEN_ID, PromptSet, check_single_tokens, tokenize
 from .sae import SparseAutoencoder, match_features, train_probe, train_sae
 from .scorecard import Reference, Scorecard
+from .tracing import (
+    ROLES,
+    TRACE_KINDS,
+    GainFit,
+    KnockoutResult,
+    TraceResult,
+    attention_knockout,
+    causal_trace,
+    fit_head_gains,
+    layer_window,
+    logit_lens,
+    noise_scale,
+    scale_hooks,
+    subject_mask,
+    trace_by_role,
+    trace_heatmap,
+)
 
 __version__ = "0.1.0"
