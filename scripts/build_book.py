@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     stage_sources(stage, stand_in=weights == "random")
     timings = {}
     cache = exec_cache.ExecutionCache(args.cache or out / "cache", weights)
-    helpers_digest = exec_cache.tree_digest(ROOT / "src" / "helpers")
+    shared_digest = exec_cache.shared_digest(ROOT)  # helpers, pins, Python: once per build
     ran, reused = [], []
     for path in notebooks:
         parameters = {"weights": weights}
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             nb = nbformat.read(path, as_version=4)
             parameters.update(nb.metadata.get("casebook", {}).get("smoke_parameters", {}))
         staged = stage / "notebooks" / path.name
-        key = exec_cache.chapter_key(path, parameters, weights, ROOT, helpers_digest)
+        key = exec_cache.chapter_key(path, parameters, weights, ROOT, shared_digest)
         entry = None if args.force else cache.restore(path.stem, key, staged)
         if entry is not None:
             log(f"reused {shown(path)} from the execution cache (unchanged since {entry.executed_at})")

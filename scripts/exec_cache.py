@@ -49,18 +49,29 @@ def tree_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def chapter_key(notebook: Path, parameters: dict, weights: str, root: Path, helpers_digest: str | None = None) -> str:
-    """The content hash that decides whether ``notebook`` must be executed again."""
+def shared_digest(root: Path) -> str:
+    """What every chapter depends on: ``helpers``, the pins, Python, the environment.
+
+    Computed once at the start of a build, so that every chapter of one build gets the same.
+    """
     requirements = root / "requirements.txt"
     parts = {
         "cache_version": CACHE_VERSION,
-        "notebook": _sha(notebook.read_bytes()),
-        "parameters": parameters,
-        "weights": weights,
-        "helpers": helpers_digest or tree_digest(root / "src" / "helpers"),
+        "helpers": tree_digest(root / "src" / "helpers"),
         "requirements": _sha(requirements.read_bytes()) if requirements.exists() else None,
         "python": sys.version.split()[0],
         "environment": {name: os.environ.get(name) for name in OUTPUT_ENV},
+    }
+    return _sha(json.dumps(parts, sort_keys=True).encode())
+
+
+def chapter_key(notebook: Path, parameters: dict, weights: str, root: Path, shared: str | None = None) -> str:
+    """The content hash that decides whether ``notebook`` must be executed again."""
+    parts = {
+        "notebook": _sha(notebook.read_bytes()),
+        "parameters": parameters,
+        "weights": weights,
+        "shared": shared or shared_digest(root),
     }
     return _sha(json.dumps(parts, sort_keys=True, default=str).encode())
 

@@ -147,7 +147,9 @@ def render_page(chapters: list[Chapter], weights: str, date: str) -> str:
     ]
     for chapter in chapters:
         numbers, structure = chapter.tally(False), chapter.tally(True)
-        numbers_text = "not checked (stand-in)" if stand_in else f"{numbers[0]} of {numbers[1]}"
+        behavioural = sum(not r["structural"] for r in chapter.rows())
+        numbers_text = (f"not checked (stand-in): {behavioural} numbers" if stand_in
+                        else f"{numbers[0]} of {numbers[1]}")
         structure_text = f"{structure[0]} of {structure[1]}"
         failures = "; ".join(
             f"{r['quantity']} (paper {_fmt(r['paper'])}, this build {_fmt(r['measured'])}, "

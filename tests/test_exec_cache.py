@@ -100,7 +100,7 @@ def test_a_helpers_change_re_executes_every_chapter(build, project):
 def test_stand_in_and_real_weights_outputs_never_mix(build, project, tmp_path):
     build()
     cache = exec_cache.ExecutionCache(build.out / "cache", "pretrained")
-    digest = exec_cache.tree_digest(project / "src" / "helpers")
+    digest = exec_cache.shared_digest(project)
     path = project / "notebooks" / "a.ipynb"
     random_key = exec_cache.chapter_key(path, {"weights": "random"}, "random", project, digest)
     real_key = exec_cache.chapter_key(path, {"weights": "pretrained"}, "pretrained", project, digest)
