@@ -21,8 +21,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 ## Execute every chapter (papermill) and render the book into _build/html.
 ## MODEL_WEIGHTS=random forces the stand-in; without hub access it is chosen automatically.
+## Unchanged chapters are reused from _build/cache; FORCE=1 re-executes all; SMOKE=1 runs
+## every chapter at its small smoke size.
 book: venv
-	$(PY) scripts/build_book.py --weights $(MODEL_WEIGHTS)
+	$(PY) scripts/build_book.py --weights $(MODEL_WEIGHTS) $(if $(FORCE),--force) $(if $(SMOKE),--smoke)
 
 book-random:
 	$(MAKE) book MODEL_WEIGHTS=random

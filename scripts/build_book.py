@@ -2,7 +2,7 @@
 
 Usage (``make book`` calls this):
     python scripts/build_book.py [--weights pretrained|random] [--smoke] [--out DIR]
-                                 [--only NAME ...] [--no-render]
+                                 [--only NAME ...] [--no-render] [--force]
 
 1. Weights: ``pretrained`` by default (env ``MODEL_WEIGHTS`` or ``--weights``). If GPT-2 is
    neither cached nor downloadable, say so once and build every chapter with the stand-in
@@ -10,7 +10,11 @@ Usage (``make book`` calls this):
 2. Each notebook in ``_toc.yml`` is executed by papermill into ``DIR/stage/notebooks/``
    (build artefacts; the stored notebooks stay without outputs). papermill's injected
    parameters cell is tagged ``remove-cell`` so it never shows in the book. A failing notebook
-   stops the build with its traceback and a non-zero exit.
+   stops the build with its traceback and a non-zero exit. A chapter whose notebook,
+   parameters, weights, ``helpers`` source and pins are unchanged since a previous build is
+   restored from the execution cache instead (``scripts/exec_cache.py``; ``--force`` re-runs all).
+   The scorecards of the executed notebooks become ``DIR/scorecards/*.json`` and the book's
+   reproduction-status page (``scripts/status_page.py``).
 3. Jupyter Book renders the staged copy into ``DIR/html``. A plotly figure Jupyter Book cannot
    render (``mystnb.unknown_mime_type``) fails the build too: a vanished figure is a broken page.
 """
@@ -31,6 +35,9 @@ import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import exec_cache  # noqa: E402  (same directory: the execution cache)
+import status_page  # noqa: E402  (same directory: the reproduction-status page)
 STAND_IN_ANNOUNCEMENT = (
     "⚠ This build used the stand-in model: GPT-2's architecture and tokenizer with RANDOM "
     "weights (the model hub was unreachable). Figures show the pipeline, not GPT-2's "
@@ -182,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="notebook names (e.g. 00_tour) to execute")
     parser.add_argument("--no-render", action="store_true", help="execute only")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    parser.add_argument("--force", action="store_true",
+                        help="re-execute every chapter, ignoring the execution cache (make book FORCE=1)")
+    parser.add_argument("--cache", type=Path, help="execution cache folder (default: OUT/cache)")
     args = parser.parse_args(argv)
     if args.weights not in ("pretrained", "random"):
         parser.error(f"--weights must be 'pretrained' or 'random', not {args.weights!r}")
@@ -196,16 +206,33 @@ def main(argv: list[str] | None = None) -> int:
     stage = out / "stage"
     stage_sources(stage, stand_in=weights == "random")
     timings = {}
+    cache = exec_cache.ExecutionCache(args.cache or out / "cache", weights)
+    shared_digest = exec_cache.shared_digest(ROOT)  # helpers, pins, Python: once per build
+    ran, reused = [], []
     for path in notebooks:
         parameters = {"weights": weights}
         if args.smoke:
             nb = nbformat.read(path, as_version=4)
             parameters.update(nb.metadata.get("casebook", {}).get("smoke_parameters", {}))
+        staged = stage / "notebooks" / path.name
+        key = exec_cache.chapter_key(path, parameters, weights, ROOT, shared_digest)
+        entry = None if args.force else cache.restore(path.stem, key, staged)
+        if entry is not None:
+            log(f"reused {shown(path)} from the execution cache (unchanged since {entry.executed_at})")
+            reused.append(path.stem)
+            timings[path.stem] = {"seconds": entry.seconds, "parameters": parameters, "cached": True}
+            continue
         log(f"executing {shown(path)} with {parameters}")
-        seconds = execute(path, stage / "notebooks" / path.name, parameters, args.timeout)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        seconds = execute(path, staged, parameters, args.timeout)
         log(f"  done in {seconds:.1f} s")
-        timings[path.stem] = {"seconds": round(seconds, 2), "parameters": parameters}
+        cache.store(path.stem, key, staged, parameters=parameters, seconds=seconds, executed_at=started)
+        ran.append(path.stem)
+        timings[path.stem] = {"seconds": round(seconds, 2), "parameters": parameters, "cached": False}
+    log(f"executed: {', '.join(ran) or 'none'}; reused from the cache: {', '.join(reused) or 'none'}"
+        + (" (FORCE: cache ignored)" if args.force else ""))
     (out / "timings.json").write_text(json.dumps({"weights": weights, "notebooks": timings}, indent=2))
+    status_page.write_status([stage / "notebooks" / p.name for p in notebooks], weights, out, stage)
     if not args.no_render:
         render(stage, out)
         write_exercises(toc_notebooks(), out / "html" / "exercises")

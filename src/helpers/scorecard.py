@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from . import scorecard_data
+
 __all__ = ["Reference", "Scorecard", "Row"]
 
 HOLDS, DIFFERS, NOT_APPLICABLE, NOT_MEASURED = "✓ holds", "✗ differs", "n/a (stand-in)", "not measured"
@@ -105,9 +107,11 @@ class Scorecard:
             caption += (" — computed on the stand-in (random weights): behavioural rows do not "
                         "apply; only architectural rows are checked")
         return (
-            f'<table class="casebook-scorecard"><caption>{caption}</caption><thead><tr>'
+            f'<table class="casebook-scorecard" id="{scorecard_data.anchor(self.title)}">'
+            f"<caption>{caption}</caption><thead><tr>"
             "<th>quantity</th><th>paper</th><th>this run</th><th>tolerance</th>"
             f"<th>verdict</th><th>source</th></tr></thead><tbody>{body}</tbody></table>"
+            + scorecard_data.script_tag(self)  # the same numbers as data, for the book build
         )
 
     def __str__(self) -> str:
