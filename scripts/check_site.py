@@ -14,6 +14,7 @@ nowhere and a dead proxy takes whatever is left). For each page, at the book's d
 
 * ``console``: any error in the browser console (script errors, failed loads);
 * ``network``: any request that left the site;
+* ``scripts``: a script loaded twice by one page;
 * ``plotly``: a plotly figure without an SVG and traces drawn in it;
 * ``circuitsvis``: a circuitsvis view with nothing rendered in it;
 * ``math``: a formula MathJax did not typeset (or typeset as an error);
@@ -155,6 +156,7 @@ async function run() {
   for (const img of document.querySelectorAll('img')) {
     out.images.push({src: img.currentSrc || img.src, ok: img.complete && img.naturalWidth > 0});
   }
+  out.scripts = Array.from(document.scripts).map(s => s.src).filter(Boolean).map(s => s.split('?')[0]);
   const banner = document.querySelector('.bd-header-announcement');
   if (banner) out.banner = {text: banner.textContent.trim().slice(0, 200), height: banner.offsetHeight};
   done(out);
@@ -273,6 +275,9 @@ class SiteChecker:
         for entry in console:
             if entry.get("level") == "SEVERE":
                 add("console", entry.get("message", "")[:300])
+        twice = sorted({u for u in state["scripts"] if state["scripts"].count(u) > 1})
+        for u in twice:
+            add("scripts", f"script loaded more than once: {u[len(self.origin):]}")
         outside = sorted({u for u in requests if not u.startswith(self.origin)})
         for u in outside:
             add("network", f"request left the site: {u[:200]}")

@@ -86,6 +86,7 @@ def test_every_page_was_checked_and_chapters_have_screenshots(site):
 KINDS = {
     "console": "errors in the browser console",
     "network": "requests that left the site",
+    "scripts": "scripts loaded more than once by a page",
     "plotly": "plotly figures not drawn",
     "circuitsvis": "attention views not rendered",
     "math": "formulas not typeset",
