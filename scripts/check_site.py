@@ -133,6 +133,12 @@ async function run() {
       if (tr.width === 0) continue;
       if (tr.left < r.left - 1 || tr.right > r.right + 1) texts.push(s.slice(0, 40));
     }
+    const titles = ['.gtitle', '.xtitle', '.ytitle'].map(q => gd.querySelector(q)).filter(t => t && t.textContent.trim());
+    for (let i = 0; i < titles.length; i++) for (let j = i + 1; j < titles.length; j++) {
+      const a = titles[i].getBoundingClientRect(), b = titles[j].getBoundingClientRect();
+      if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1)
+        texts.push('overlapping titles: ' + titles[i].textContent.slice(0, 30) + ' / ' + titles[j].textContent.slice(0, 30));
+    }
     out.figures.push({id: gd.id, box: r, svg: !!svg && svg.getBoundingClientRect().width > 0,
       data: gd._fullData ? gd._fullData.length : 0,
       drawn: gd.querySelectorAll('.cartesianlayer g.trace, .cartesianlayer g.hm image, .pielayer g.trace, .barlayer g.trace').length,
@@ -296,7 +302,7 @@ class SiteChecker:
                 add("width", f"{name} is {fig['box']['width']:.0f} px, wider than the column "
                              f"({column['right'] - column['left']:.0f} px)")
             if fig["clipped"]:
-                add("width", f"{name}: labels cut off at its edge: {fig['clipped'][:4]}")
+                add("width", f"{name}: labels cut off at its edge or overlapping: {fig['clipped'][:4]}")
         for view in state["views"]:
             if view["elements"] < 3 or view["box"]["height"] < 20:
                 add("circuitsvis", f"attention view {view['id']} rendered nothing")

@@ -59,11 +59,11 @@ _FIT_TITLE_JS = """
       var full = gd._fullLayout, room;
       if (l.path === 'title.text') {  // left-aligned at title.x
         room = full.width * (1 - (full.title.x || 0)) - 16;
-      } else {  // centred on the plot area: along it for x, up it for y (rotated)
-        var ax = l.path[0] === 'x' ? full.xaxis : full.yaxis;
-        var size = l.path[0] === 'x' ? full.width : full.height;
-        var centre = ax._offset + ax._length / 2;
-        room = 2 * Math.min(centre, size - centre) - 16;
+      } else if (l.path[0] === 'x') {  // centred under the plot area, within the figure
+        var centre = full.xaxis._offset + full.xaxis._length / 2;
+        room = 2 * Math.min(centre, full.width - centre) - 16;
+      } else {  // rotated, up the plot area: longer, it meets the x title or the figure's title
+        room = full.yaxis._length + 16;
       }
       var wanted = wrap(l.full, Math.max(12, Math.floor(room / Math.max(1, l.charWidth))));
       if (wanted !== get(l.path)) update[l.path] = wanted;
