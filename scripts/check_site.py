@@ -58,7 +58,8 @@ INSTALL_HINT = (
 
 def find_browser() -> tuple[str, str] | None:
     """(chromium, chromedriver) paths, or None when either is missing."""
-    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    browser = next((shutil.which(n) for n in names if shutil.which(n)), None)
     driver = shutil.which("chromedriver")
     return (browser, driver) if browser and driver else None
 
