@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 MODEL_WEIGHTS ?= pretrained
 STAMP := $(VENV)/.casebook-installed
 
-.PHONY: venv book book-random test bench bench-notebooks clean
+.PHONY: venv book book-random check-site test bench bench-notebooks clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ book: venv
 
 book-random:
 	$(MAKE) book MODEL_WEIGHTS=random
+
+## Every page of _build/html in headless Chromium (offline); screenshots in _build/screenshots.
+check-site: venv
+	$(PY) scripts/check_site.py
 
 ## The offline test suite (what CI runs).
 test: venv

@@ -10,13 +10,16 @@ Usage (``make book`` calls this):
 2. Each notebook in ``_toc.yml`` is executed by papermill into ``DIR/stage/notebooks/``
    (build artefacts; the stored notebooks stay without outputs). papermill's injected
    parameters cell is tagged ``remove-cell`` so it never shows in the book. A failing notebook
-   stops the build with its traceback and a non-zero exit. A chapter whose notebook,
+   stops the build with its traceback and a non-zero exit; the notebook executed up to the
+   failing cell and the traceback are kept in ``DIR/reports/``. A chapter whose notebook,
    parameters, weights, ``helpers`` source and pins are unchanged since a previous build is
    restored from the execution cache instead (``scripts/exec_cache.py``; ``--force`` re-runs all).
    The scorecards of the executed notebooks become ``DIR/scorecards/*.json`` and the book's
    reproduction-status page (``scripts/status_page.py``).
 3. Jupyter Book renders the staged copy into ``DIR/html``. A plotly figure Jupyter Book cannot
    render (``mystnb.unknown_mime_type``) fails the build too: a vanished figure is a broken page.
+   The site loads nothing from outside: ``scripts/book_assets.py`` ships plotly.js, circuitsvis
+   and MathJax in its static files.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import nbformat
@@ -38,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import exec_cache  # noqa: E402  (same directory: the execution cache)
 import status_page  # noqa: E402  (same directory: the reproduction-status page)
+import book_assets  # noqa: E402  (scripts/book_assets.py: the site's offline assets)
 STAND_IN_ANNOUNCEMENT = (
     "⚠ This build used the stand-in model: GPT-2's architecture and tokenizer with RANDOM "
     "weights (the model hub was unreachable). Figures show the pipeline, not GPT-2's "
@@ -111,9 +116,14 @@ def choose_weights(requested: str, notebooks: list[Path]) -> str:
     return "pretrained"
 
 
-def execute(path: Path, out: Path, parameters: dict, timeout: int) -> float:
-    """Run one notebook with papermill; hide the injected cell; return seconds taken."""
+def execute(path: Path, out: Path, parameters: dict, timeout: int, reports: Path | None = None) -> float:
+    """Run one notebook with papermill; hide the injected cell; return seconds taken.
+
+    On failure the notebook executed up to the failing cell and the traceback are copied to
+    ``reports`` (default: beside ``out``), the build says where, and exits with status 1.
+    """
     import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     start = time.perf_counter()
     try:
@@ -125,7 +135,11 @@ def execute(path: Path, out: Path, parameters: dict, timeout: int) -> float:
     except pm.PapermillExecutionError as exc:
         log(f"FAILED: {shown(path)} (cell {exc.exec_count}): {exc.ename}: {exc.evalue}")
         print("\n".join(exc.traceback), file=sys.stderr)
-        log(f"the partly executed notebook is in {out} (not rendered)")
+        failure_report(path, out, "\n".join(exc.traceback), reports or out.parent / "reports")
+        raise SystemExit(1) from None
+    except (CellTimeoutError, DeadKernelError) as exc:
+        log(f"FAILED: {shown(path)}: {type(exc).__name__}: {exc}")
+        failure_report(path, out, traceback.format_exc(), reports or out.parent / "reports")
         raise SystemExit(1) from None
     nb = nbformat.read(out, as_version=4)
     for cell in nb.cells:
@@ -134,6 +148,18 @@ def execute(path: Path, out: Path, parameters: dict, timeout: int) -> float:
             tags.append("remove-cell")
     nbformat.write(nb, out)
     return time.perf_counter() - start
+
+
+def failure_report(path: Path, executed: Path, trace: str, reports: Path) -> None:
+    """Keep a failed chapter's partly executed notebook and its traceback in ``reports``."""
+    reports.mkdir(parents=True, exist_ok=True)
+    notebook = reports / path.name
+    if executed.exists():
+        shutil.copy(executed, notebook)
+    text = reports / f"{path.stem}.traceback.txt"
+    text.write_text(re.sub(r"\x1b\[[0-9;]*m", "", trace) + "\n", encoding="utf-8")
+    where = f"{shown(notebook)} (executed up to the failing cell) and " if executed.exists() else ""
+    log(f"failure report: {where}{shown(text)}")
 
 
 def stage_sources(stage: Path, stand_in: bool) -> None:
@@ -145,6 +171,7 @@ def stage_sources(stage: Path, stand_in: bool) -> None:
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     if stand_in:
         config.setdefault("html", {})["announcement"] = STAND_IN_ANNOUNCEMENT
+    book_assets.configure(config)  # plotly.js, circuitsvis, MathJax from the site itself
     (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
@@ -204,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = choose_weights(args.weights, notebooks)
     out = args.out.resolve()
     stage = out / "stage"
+    shutil.rmtree(out / "reports", ignore_errors=True)  # failure reports of an earlier build
     stage_sources(stage, stand_in=weights == "random")
     timings = {}
     cache = exec_cache.ExecutionCache(args.cache or out / "cache", weights)
@@ -224,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         log(f"executing {shown(path)} with {parameters}")
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        seconds = execute(path, staged, parameters, args.timeout)
+        seconds = execute(path, staged, parameters, args.timeout, out / "reports")
         log(f"  done in {seconds:.1f} s")
         cache.store(path.stem, key, staged, parameters=parameters, seconds=seconds, executed_at=started)
         ran.append(path.stem)

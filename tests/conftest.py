@@ -24,6 +24,22 @@ TINY = ModelSpec("tiny-gpt2", "openai-community/gpt2", n_layers=2, n_heads=4, d_
 
 
 @pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """The book, built once per session: every chapter at smoke size, asked for pretrained
+    weights offline (so it falls back to the stand-in). Returns (output folder, build stdout)."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("book")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_book.py"), "--weights", "pretrained", "--smoke",
+         "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, env=os.environ.copy(),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result.stdout
+
+
+@pytest.fixture(scope="session")
 def empty_hf_home() -> Path:
     return Path(_EMPTY_HF_HOME)
 

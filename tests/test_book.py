@@ -25,15 +25,8 @@ def _build_module():
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("book")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "build_book.py"), "--weights", "pretrained", "--smoke",
-         "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, env=os.environ.copy(),
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out, result.stdout
+def built(smoke_book):
+    return smoke_book  # conftest.py: one build per session, shared with tests/test_browser.py
 
 
 def test_offline_build_falls_back_to_the_stand_in_and_says_so_once(built):
@@ -71,7 +64,11 @@ def test_tour_renders_plotly_and_circuitsvis(built):
     out, _ = built
     page = (out / "html" / "notebooks" / "00_tour.html").read_text(encoding="utf-8")
     assert "plotly-graph-div" in page and "Plotly.newPlot" in page
-    assert "unpkg.com/circuitsvis@1.43.3" in page and "circuits-vis-" in page
+    assert "CircuitsVis.render(" in page and "circuits-vis-" in page
+    # The site's own copies, each loaded once (scripts/book_assets.py); no CDN.
+    assert page.count("_static/casebook/plotly.min.js") == 1
+    assert page.count("_static/casebook/circuitsvis.js") == 1
+    assert "unpkg.com/circuitsvis" not in page and "cdn.plot.ly" not in page
     assert "Direct logit attribution" in page
 
 

@@ -3,8 +3,9 @@
 circuitsvis decides by itself between a tiny CDN snippet and ~1.3 MB of inlined JavaScript,
 by probing google.com for a second at display time; build machines offline silently get the
 heavy variant and outputs differ between machines. ``show_attention`` always picks
-explicitly: ``mode="cdn"`` (the default, or ``CASEBOOK_CV_MODE``) or ``"inline"`` (works
-offline, heavy).
+explicitly: ``mode="cdn"`` (the default, or ``CASEBOOK_CV_MODE``), ``"inline"`` (works
+offline, heavy) or ``"book"`` (the default in the book build: the site's own copy of the
+bundle, ``helpers.book_html``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Sequence
 
 from IPython.display import HTML, display
 
+from .book_html import circuitsvis_book_html
 from .models import is_stand_in
 from .plotting import head_label, setup_plotting
 
 __all__ = ["setup_notebook", "model_banner", "attention_view", "show_attention", "token_effect_view", "CV_MODES"]
 
-CV_MODES = ("cdn", "inline")
+CV_MODES = ("cdn", "inline", "book")
 
 
 def setup_notebook() -> None:
@@ -100,15 +102,17 @@ def attention_view(
 
     ``tokens``: the prompt's string tokens (``model.to_str_tokens``); ``patterns``:
     ``[n_heads_shown, seq, seq]`` (dest × source); ``heads``: ``(layer, head)`` of each
-    pattern, used as the ``L.H`` names. ``mode``: ``"cdn"`` or ``"inline"`` (see above).
+    pattern, used as the ``L.H`` names. ``mode``: ``"cdn"``, ``"inline"`` or ``"book"`` (above).
     """
     import circuitsvis as cv
 
-    mode = mode or os.environ.get("CASEBOOK_CV_MODE", "cdn")
+    default = "book" if os.environ.get("CASEBOOK_BUILD") else "cdn"
+    mode = mode or os.environ.get("CASEBOOK_CV_MODE", default)
     if mode not in CV_MODES:
         raise ValueError(
             f"circuitsvis mode {mode!r} is not one of {CV_MODES}: use 'cdn' (small, the reader "
-            f"needs internet) or 'inline' (works offline, ~1.3 MB per view)."
+            f"needs internet), 'inline' (works offline, ~1.3 MB per view) or 'book' (the built "
+            f"site's own copy of the bundle)."
         )
     if hasattr(patterns, "detach"):
         patterns = patterns.detach().float().cpu()
@@ -116,6 +120,8 @@ def attention_view(
     view = cv.attention.attention_heads(
         attention=patterns, tokens=list(tokens), attention_head_names=names
     )
+    if mode == "book":
+        return HTML(circuitsvis_book_html(view))
     return HTML(view.cdn_src if mode == "cdn" else view.local_src)
 
 

@@ -5,8 +5,9 @@ Why a set-up function: since plotly 6.1 an executing kernel stores only the
 figure silently vanishes with a ``mystnb.unknown_mime_type`` warning; and myst-nb warns
 even when an HTML copy sits beside it). ``setup_plotting`` picks the renderer explicitly:
 
-* the book build (``scripts/build_book.py`` sets ``CASEBOOK_BUILD=1``): ``notebook_connected``,
-  HTML only, loading plotly.js from its CDN (a few KB per figure instead of ~4.8 MB);
+* the book build (``scripts/build_book.py`` sets ``CASEBOOK_BUILD=1``): ``casebook_book``
+  (``helpers.book_html``), HTML only, as wide as the column; the site loads plotly.js once
+  from its own static files (no CDN);
 * Google Colab: ``colab``;
 * Jupyter, VS Code: ``plotly_mimetype+notebook_connected`` (interactive in every front end).
 
@@ -24,6 +25,7 @@ import plotly.graph_objects as go
 
 import plotly.io as pio
 
+from . import book_html
 from .circuits import head_label, parse_head
 
 __all__ = [
@@ -39,7 +41,7 @@ __all__ = [
     "scatter",
 ]
 
-BOOK_RENDERER = "notebook_connected"
+BOOK_RENDERER = book_html.BOOK_RENDERER
 INTERACTIVE_RENDERER = "plotly_mimetype+notebook_connected"
 TEMPLATE = "plotly_white"
 
@@ -51,6 +53,7 @@ def in_colab() -> bool:
 
 def setup_plotting() -> str:
     """Set plotly's default renderer and template for this environment; returns the renderer."""
+    book_html.register_book_renderer()
     if os.environ.get("PLOTLY_RENDERER"):
         renderer = os.environ["PLOTLY_RENDERER"]
     elif in_colab():
@@ -119,10 +122,10 @@ def heads_heatmap(
         fig.update_layout(legend=dict(orientation="h", y=-0.15))
     fig.update_layout(
         title=title,
-        xaxis=dict(title="Head", dtick=1),
-        yaxis=dict(title="Layer", dtick=1, autorange="reversed"),
-        height=height or max(350, 28 * n_layers + 150),
-        width=max(500, 40 * n_heads + 250),
+        # Fixed ranges: the markers' padding must not add a row or column (it does on phones).
+        xaxis=dict(title="Head", dtick=1, range=[-0.5, n_heads - 0.5]),
+        yaxis=dict(title="Layer", dtick=1, range=[n_layers - 0.5, -0.5]),
+        height=height or max(350, 28 * n_layers + 150),  # width: the column's (responsive)
     )
     return fig
 
