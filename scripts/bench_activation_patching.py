@@ -81,7 +81,8 @@ def main() -> None:
     if args.engine != "blocks":
         _sweeps.FORCE_MODE = args.engine
 
-    import transformer_lens
+    from importlib.metadata import version
+
     from transformer_lens import patching as tlp
 
     t0 = time.perf_counter()
@@ -95,7 +96,7 @@ def main() -> None:
     metric = LogitDiffMetric(ds.io_tokens, ds.s_tokens, end)
     print(
         f"prompts: {batch} IOI prompts (p_IOI clean, p_ABC corrupted), padded to {seq} tokens; "
-        f"metric: logit diff IO - S at END; transformer-lens {transformer_lens.__version__}, "
+        f"metric: logit diff IO - S at END; transformer-lens {version('transformer-lens')}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; casebook engine: {args.engine}, "
         f"copies: {args.copies or 1}"
     )

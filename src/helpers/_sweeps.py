@@ -91,6 +91,56 @@ def _capture(model, tokens: torch.Tensor, names: Sequence[str], *, until: str | 
     return store
 
 
+def _partition(cuts: torch.Tensor, overhead: int) -> list[torch.Tensor]:
+    """Prompts grouped by the length they need (``cuts``: metric position + 1 each), so each
+    group runs without the padding after its longest metric position. Contiguous runs of the
+    sorted lengths, chosen to minimise sum(group size × group length) + ``overhead`` per group
+    (a pass over a small group costs fixed Python and kernel overhead)."""
+    values = sorted(set(cuts.tolist()))
+    counts = [int((cuts == v).sum()) for v in values]
+    k = len(values)
+    best = [0.0] + [math.inf] * k  # best[j]: cost of the first j distinct lengths
+    back = [0] * (k + 1)
+    for j in range(1, k + 1):
+        n = 0
+        for i in range(j - 1, -1, -1):  # group = values[i:j], length values[j - 1]
+            n += counts[i]
+            cost = best[i] + n * values[j - 1] + overhead
+            if cost < best[j]:
+                best[j], back[j] = cost, i
+    groups, j = [], k
+    while j > 0:
+        i = back[j]
+        lo, hi = values[i], values[j - 1]
+        groups.append(((cuts >= lo) & (cuts <= hi)).nonzero(as_tuple=True)[0])
+        j = i
+    return groups[::-1]
+
+
+GROUP_OVERHEAD_ROWS = 24  # token rows one extra pass over a prompt group is worth (measured, see bench)
+
+
+class _Part:
+    """A group of prompts run together, cut after its last metric position."""
+
+    def __init__(self, idx: torch.Tensor, cut: int, differs: torch.Tensor, mpos: torch.Tensor | None):
+        self.idx, self.cut, self.n = idx, cut, len(idx)
+        self.differs = differs[idx, :cut]
+        self.mpos = mpos[idx] if mpos is not None else None
+        self.rows = torch.arange(self.n, device=idx.device)
+        self.resid: dict[int, torch.Tensor] = {}
+        self.src: dict[str, torch.Tensor] = {}
+
+    def mask(self, c: Config) -> torch.Tensor:
+        return c.mask[self.idx, : self.cut]
+
+    def touched(self, c: Config) -> bool:
+        """False when every patched (prompt, position) of this group precedes that prompt's
+        first token that differs between the runs: the source's activation there is the
+        target's own (or the position is cut: it cannot reach the metric)."""
+        return bool((self.mask(c) & self.differs).any())
+
+
 class _Engine:
     """Target run cached once; runs configurations from their start layer, scores them."""
 
@@ -105,53 +155,53 @@ class _Engine:
         self.kind = (
             "ld" if isinstance(metric, LogitDiffMetric) else "pos" if isinstance(metric, PositionMetric) else "full"
         )
+        self.rows = torch.arange(self.batch, device=dev)
+        self.differs = (self.target != self.source).long().cumsum(1) > 0
+        self.mpos = None
         if self.kind != "full":
             self.mpos = metric_positions(metric, self.batch, self.seq).to(dev)
-            self.cut = int(self.mpos.max()) + 1  # later positions cannot reach any metric row
-        else:
-            self.cut = self.seq
-        self.rows = torch.arange(self.batch, device=dev)
-        # (prompt, position) pairs where the two runs can differ: from the first differing token on
-        self.differs = ((self.target != self.source).long().cumsum(1) > 0)[:, : self.cut]
         if self.kind == "ld":
             answer = torch.as_tensor(metric.answer, device=dev)
             wrong = torch.as_tensor(metric.wrong, device=dev)
             self.direction = (model.W_U[:, answer] - model.W_U[:, wrong]).T  # [batch, d_model]
             self.bias = model.b_U[answer] - model.b_U[wrong]
         self.mode = "blocks"
-        self.resid: dict[int, torch.Tensor] = {}
-        self.src: dict[str, torch.Tensor] = {}
 
     # ---- captures ------------------------------------------------------------------
 
     def prepare(self, configs: Sequence[Config]) -> None:
-        starts = sorted({_start_layer(c) for c in configs} | {self.n_layers - 1})
-        names = [f"blocks.{L}.hook_resid_pre" for L in starts if L < self.n_layers]
+        n = self.n_layers
+        starts = sorted({_start_layer(c) for c in configs} | {n - 1})
+        names = [f"blocks.{L}.hook_resid_pre" for L in starts if L < n]
         acts = _capture(self.model, self.target, names, until="ln_final.hook_in")
-        self.resid = {L: acts[f"blocks.{L}.hook_resid_pre"][:, : self.cut] for L in starts if L < self.n_layers}
         final = acts["ln_final.hook_in"]
-        self.resid[self.n_layers] = final[:, : self.cut]
         src_names = sorted({_hook_name(c.layer, c.site) for c in configs}, key=_order)
-        if src_names:
-            self.src = {k: v[:, : self.cut] for k, v in _capture(self.model, self.source, src_names).items()}
-        self._check_blocks()
-        # the unpatched metric, as the library computes it (full logits), and the scorer's check
+        src = _capture(self.model, self.source, src_names) if src_names else {}
+        self._check_blocks(acts[f"blocks.{n - 1}.hook_resid_pre"], final)
         library = metric_scalar(self.metric(self.model.unembed(self.model.ln_final(final))))
-        self.base = self._score(self.resid[self.n_layers])[0] if self.kind != "full" else library
-        if not math.isclose(self.base, library, rel_tol=1e-5, abs_tol=1e-5):
-            self.kind, self.cut, self.base = "full", self.seq, library  # read full logits instead
-            self.resid = {L: acts[f"blocks.{L}.hook_resid_pre"] for L in self.resid if L < self.n_layers}
-            self.resid[self.n_layers] = final
-            self.differs = (self.target != self.source).long().cumsum(1) > 0
-            if src_names:
-                self.src = _capture(self.model, self.source, src_names)
+        if self.kind != "full":
+            self.base_rows = final[self.rows, self.mpos]  # [batch, d]
+            self.base = self._score_rows(self.base_rows[None])[0]
+            if not math.isclose(self.base, library, rel_tol=1e-5, abs_tol=1e-5):
+                self.kind, self.mpos = "full", None  # the scorer disagrees: read full logits
+        if self.kind == "full":
+            self.base = library
+            groups = [(self.rows, self.seq)]
+        else:
+            cuts = self.mpos + 1
+            groups = [(g, int(cuts[g].max())) for g in _partition(cuts.cpu(), GROUP_OVERHEAD_ROWS)]
+        self.parts = []
+        for idx, cut in groups:
+            part = _Part(idx.to(self.rows.device), cut, self.differs, self.mpos)
+            part.resid = {L: acts[f"blocks.{L}.hook_resid_pre"][idx, :cut] for L in starts if L < n}
+            part.resid[n] = final[idx, :cut]
+            part.src = {k: v[idx, :cut] for k, v in src.items()}
+            self.parts.append(part)
 
-    def _check_blocks(self) -> None:
+    def _check_blocks(self, resid_last: torch.Tensor, final: torch.Tensor) -> None:
         """Run the last block from the cached residual: does it reproduce the full run?"""
-        L = self.n_layers - 1
-        got = self._blocks(self.resid[L], L, [])
-        want = self.resid[self.n_layers]
-        if FORCE_MODE or not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
+        got = self._blocks(resid_last, self.n_layers - 1, [])
+        if FORCE_MODE or not torch.allclose(got, final, rtol=1e-4, atol=1e-4 * float(final.abs().max())):
             self.mode = FORCE_MODE or "start_at_layer"
 
     # ---- running -------------------------------------------------------------------
@@ -179,63 +229,73 @@ class _Engine:
                 x = y[0] if isinstance(y, tuple) else y
         return x
 
-    def _score(self, final: torch.Tensor) -> list[float]:
-        """Metric of each stacked copy from its final residual ``[k · batch, cut, d]``."""
-        k = final.shape[0] // self.batch
-        model = self.model
-        if self.kind == "full":
-            logits = model.unembed(model.ln_final(final)).view(k, self.batch, self.seq, -1)
-            return [metric_scalar(self.metric(logits[i])) for i in range(k)]
-        rows = final.view(k, self.batch, self.cut, -1)[:, self.rows, self.mpos]  # [k, batch, d]
-        normed = model.ln_final(rows)
+    def _score_rows(self, rows: torch.Tensor) -> list[float]:
+        """Metric of each copy from its prompts' final residual rows ``[k, batch, d]``."""
+        normed = self.model.ln_final(rows)
         if self.kind == "ld":
             return ((normed * self.direction).sum(-1) + self.bias).mean(-1).tolist()
-        logits = model.unembed(normed)
-        return [metric_scalar(self.metric.fn(logits[i])) for i in range(k)]
+        logits = self.model.unembed(normed)
+        return [metric_scalar(self.metric.fn(logits[i])) for i in range(len(rows))]
 
-    def _start(self, L: int, group: Sequence[Config]) -> torch.Tensor:
+    def _score_full(self, final: torch.Tensor) -> list[float]:
+        """Metric of each copy from its final residual ``[k · batch, seq, d]`` (full logits)."""
+        k = final.shape[0] // self.batch
+        logits = self.model.unembed(self.model.ln_final(final)).view(k, self.batch, self.seq, -1)
+        return [metric_scalar(self.metric(logits[i])) for i in range(k)]
+
+    def _start(self, part: _Part, L: int, group: Sequence[Config]) -> torch.Tensor:
         """The stacked residual entering layer ``L``, with resid_pre/resid_post patches applied."""
         k = len(group)
-        x = self.resid[L]
+        x = part.resid[L]
         x = x.repeat(k, 1, 1) if k > 1 else x.clone()
-        view = x.view(k, self.batch, self.cut, -1)
+        view = x.view(k, part.n, part.cut, -1)
         for i, c in enumerate(group):
             if c.site in ("resid_pre", "resid_post"):
-                src = self.src[_hook_name(c.layer, c.site)]
-                m = c.mask[:, : self.cut, None]
-                view[i] = torch.where(m, src, view[i])
+                src = part.src[_hook_name(c.layer, c.site)]
+                view[i] = torch.where(part.mask(c)[..., None], src, view[i])
         return x
 
-    def _hooks(self, group: Sequence[Config]):
+    def _hooks(self, part: _Part, group: Sequence[Config]):
         """Hooks patching ``hook_z`` / ``resid_mid`` for each copy of the stacked batch."""
         by_name: dict[str, list[tuple[int, Config]]] = {}
         for i, c in enumerate(group):
             if c.site in ("z", "resid_mid"):
                 by_name.setdefault(_hook_name(c.layer, c.site), []).append((i, c))
-        k, batch, cut = len(group), self.batch, self.cut
+        k, n, cut = len(group), part.n, part.cut
         hooks = []
         for name, items in by_name.items():
-            src = self.src[name]
+            src = part.src[name]
 
             def patch(t, hook, _items=items, _src=src):
                 t = t.clone()
-                view = t.view(k, batch, cut, *t.shape[2:])
+                view = t.view(k, n, cut, *t.shape[2:])
                 for i, c in _items:
-                    m = c.mask[:, :cut]
+                    m = part.mask(c)[..., None]
                     if c.site == "z":
-                        view[i, :, :, c.head] = torch.where(m[..., None], _src[:, :, c.head], view[i, :, :, c.head])
+                        view[i, :, :, c.head] = torch.where(m, _src[:, :, c.head], view[i, :, :, c.head])
                     else:
-                        view[i] = torch.where(m[..., None], _src, view[i])
+                        view[i] = torch.where(m, _src, view[i])
                 return t
 
             hooks.append((name, patch))
         return hooks
 
-    def patches_nothing(self, c: Config) -> bool:
-        """True when every patched (prompt, position) precedes that prompt's first differing
-        token or follows the last metric position: the source's activation there is the
-        target's own, or cannot reach the metric."""
-        return not bool((c.mask[:, : self.cut] & self.differs).any())
+    def _run_group(self, L: int, group: Sequence[Config]) -> list[float]:
+        """Values of up to ``copies`` configurations starting at layer ``L``, run together."""
+        if self.kind == "full":
+            part = self.parts[0]
+            return self._score_full(self._blocks(self._start(part, L, group), L, self._hooks(part, group)))
+        rows = self.base_rows[None].repeat(len(group), 1, 1)  # untouched prompts keep their rows
+        for part in self.parts:
+            live = [i for i, c in enumerate(group) if part.touched(c)]
+            if not live:
+                continue
+            sub = [group[i] for i in live]
+            final = self._blocks(self._start(part, L, sub), L, self._hooks(part, sub))
+            got = final.view(len(sub), part.n, part.cut, -1)[:, part.rows, part.mpos]  # [s, n, d]
+            for a, i in enumerate(live):
+                rows[i, part.idx] = got[a]
+        return self._score_rows(rows)
 
     @torch.no_grad()
     def run(self, configs: Sequence[Config], progress: bool = False, desc: str = "patching") -> list[float]:
@@ -248,10 +308,10 @@ class _Engine:
         values: list[float | None] = [None] * len(configs)
         todo: dict[int, list[int]] = {}
         for j, c in enumerate(configs):
-            if self.patches_nothing(c):
-                values[j] = self.base
-            else:
+            if any(part.touched(c) for part in self.parts):
                 todo.setdefault(_start_layer(c), []).append(j)
+            else:
+                values[j] = self.base
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -262,9 +322,7 @@ class _Engine:
             idx = todo[L]
             for g in range(0, len(idx), self.copies):
                 chunk = idx[g : g + self.copies]
-                group = [configs[j] for j in chunk]
-                final = self._blocks(self._start(L, group), L, self._hooks(group))
-                for j, v in zip(chunk, self._score(final)):
+                for j, v in zip(chunk, self._run_group(L, [configs[j] for j in chunk])):
                     values[j] = v
                 if bar is not None:
                     bar.update(len(chunk))
