@@ -44,16 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from helpers import _sweeps  # noqa: E402
-from helpers.ioi import make_ioi_dataset  # noqa: E402
-from helpers.models import load_model  # noqa: E402
-from helpers.patching import (  # noqa: E402
+from helpers import (  # noqa: E402
     LogitDiffMetric,
+    _sweeps,
+    load_model,
     patch_heads,
     patch_heads_by_position,
     patch_resid_by_layer,
     patch_resid_by_position,
 )
+from helpers.cases.ioi import make_ioi_dataset  # noqa: E402
 
 SWEEPS = ("heads", "heads_by_pos", "resid", "layers")
 
@@ -71,13 +71,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default=",".join(SWEEPS), help=f"comma-separated subset of {SWEEPS}")
     parser.add_argument("--by-pos-columns", type=int, default=4, help="columns for heads_by_pos (evenly spaced, last included)")
-    parser.add_argument("--copies", type=int, default=None, help="configurations per pass in the casebook's sweeps")
+    parser.add_argument("--copies", type=int, default=1, help="configurations stacked per pass in the casebook's sweeps")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--engine", choices=["blocks", "start_at_layer"], default="blocks")
     args = parser.parse_args()
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SWEEPS)
     if unknown:
         parser.error(f"unknown sweeps {sorted(unknown)}; choose from {SWEEPS}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.engine != "blocks":
         _sweeps.FORCE_MODE = args.engine
 
@@ -98,7 +101,7 @@ def main() -> None:
         f"prompts: {batch} IOI prompts (p_IOI clean, p_ABC corrupted), padded to {seq} tokens; "
         f"metric: logit diff IO - S at END; transformer-lens {version('transformer-lens')}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; casebook engine: {args.engine}, "
-        f"copies: {args.copies or 1}"
+        f"copies: {args.copies}"
     )
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     cols = sorted({round(i * (seq - 1) / args.by_pos_columns) for i in range(1, args.by_pos_columns + 1)})
@@ -136,7 +139,7 @@ def main() -> None:
             model, corrupt, tl_cache(), metric, end_rows_setter, "resid_pre", index_axis_names=["layer"]
         )
 
-    kw = dict(direction="clean->corrupted", copies=args.copies)
+    kw = dict(direction="clean->corrupted", batch_tokens=args.copies * batch * seq)
     casebook = {
         "heads": lambda: patch_heads(model, clean, corrupt, metric, **kw),
         "heads_by_pos": lambda: patch_heads_by_position(model, clean, corrupt, metric, positions=cols, **kw)[:, cols],

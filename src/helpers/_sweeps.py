@@ -15,17 +15,27 @@ less, and stays exact:
   self-check on the model's last block fails (``_Engine.mode``).
 * **Stop where the metric reads.** For a :class:`LogitDiffMetric` only
   ``W_U[:, answer] − W_U[:, wrong]`` is applied to each prompt's metric row; for a
-  :class:`PositionMetric` only those rows are unembedded; and positions after the last
-  metric position are never computed (a causal model never looks right). Other metrics get
-  full logits.
-* **Skip what patches nothing.** A configuration whose positions all precede the prompt's
-  first token that differs between the two runs (or lie after the last metric position)
-  replaces activations by identical ones: its value is the unpatched metric, with no run.
+  :class:`PositionMetric` only those rows are unembedded. Positions after a prompt's metric
+  position cannot reach it (a causal model never looks right), so prompts are run in groups
+  of similar metric position, each cut after its last one (``_partition``; IOI prompts are
+  right-padded to the longest, ~19% of the token grid is padding). Other metrics get full
+  logits, one group.
+* **Skip what patches nothing.** Where every patched (prompt, position) of a group precedes
+  that prompt's first token that differs between the two runs, the source's activation is
+  the target's own: the group keeps its unpatched rows without a run, and a configuration
+  that touches no group is the unpatched metric.
 
-Batching configurations along the batch axis (``copies``) is supported but off by default:
-on a 2-core CPU it did not pay (see ``scripts/bench_activation_patching.py``).
-Memory: the target's ``resid_pre`` at the needed layers plus the source activations, each
-``[batch, seq, d_model]`` per layer (GPT-2 medium, 100 prompts × 20 tokens: ~8 MB a layer).
+Every sweep starts with two checks on the model: the last block run from the cached residual
+must reproduce the cached final residual (else the bridge-forward fallback is used), and the
+scorer's unpatched value must equal the metric of the library's full logits (else full
+logits are used throughout).
+
+Batching configurations along the batch axis (``copies``, from the public ``batch_tokens``)
+is supported but off by default: once passes start at the patched layer it did not pay on a
+2-core CPU (``scripts/bench_activation_patching.py --copies``). Memory: the target's
+``resid_pre`` at the needed layers plus the source's patched activations, each
+``[batch, seq, d_model]`` per layer (GPT-2 medium, 100 prompts × 20 tokens: ~8 MB a layer,
+~0.4 GB for a whole-model sweep), and one configuration's activations at a time.
 """
 
 from __future__ import annotations
