@@ -16,7 +16,6 @@ from helpers import (
     LogitDiffMetric,
     ModelSpec,
     PositionMetric,
-    all_heads,
     hook_name,
     logit_diff,
     patch_heads,
@@ -100,7 +99,8 @@ def test_head_sweeps_equal_one_forward_per_configuration(planted, which, directi
     task = _tasks(planted)[which]
     m = task.model
     target, source = _pair(task, direction)
-    heads = all_heads(m)
+    # every head is computed; checked against plain runs: one head per layer (and 2.0, planted)
+    heads = [(L, (L + 1) % m.cfg.n_heads) for L in range(m.cfg.n_layers)] + [(2, 0)]
     ms = metrics(task)
     for positions in (None, task.end):
         fast = {k: patch_heads(m, task.clean, task.corrupt, mt, direction=direction, positions=positions) for k, mt in ms.items()}
@@ -220,6 +220,21 @@ def test_copies_give_the_same_values(planted):  # noqa: F811
     one = patch_resid_by_position(m, planted.clean, planted.corrupt, metric, hook="resid_post")
     three = patch_resid_by_position(m, planted.clean, planted.corrupt, metric, hook="resid_post", batch_tokens=3 * n)
     assert torch.allclose(one, three, atol=TOL)
+
+
+def test_prompt_groups_give_the_same_values(planted, monkeypatch):  # noqa: F811
+    """Prompts run in groups cut after their metric position (forced: a group per length)."""
+    from helpers import _sweeps
+
+    m, metric = planted.model, LogitDiffMetric(planted.answer, planted.wrong, planted.end)
+    parts = _sweeps._partition(planted.end + 1, 0)
+    assert len(parts) == len(set(planted.end.tolist())) > 1
+    one = patch_heads(m, planted.clean, planted.corrupt, metric)
+    resid = patch_resid_by_position(m, planted.clean, planted.corrupt, metric, hook="resid_mid")
+    monkeypatch.setattr(_sweeps, "GROUP_OVERHEAD_ROWS", 0)
+    assert torch.allclose(patch_heads(m, planted.clean, planted.corrupt, metric), one, atol=TOL)
+    again = patch_resid_by_position(m, planted.clean, planted.corrupt, metric, hook="resid_mid")
+    assert torch.allclose(again, resid, atol=TOL)
 
 
 def test_the_engine_runs_only_the_layers_after_the_patch(planted):  # noqa: F811

@@ -127,7 +127,7 @@ def _partition(cuts: torch.Tensor, overhead: int) -> list[torch.Tensor]:
     return groups[::-1]
 
 
-GROUP_OVERHEAD_ROWS = 24  # token rows one extra pass over a prompt group is worth (measured, see bench)
+GROUP_OVERHEAD_ROWS = 64  # token rows an extra pass over one more prompt group costs (a guess: not measured reliably)
 
 
 class _Part:
