@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 MODEL_WEIGHTS ?= pretrained
 STAMP := $(VENV)/.casebook-installed
 
-.PHONY: venv book book-random check-site test bench bench-notebooks clean
+.PHONY: venv book book-random check-site test bench bench-activation bench-notebooks clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,11 @@ test: venv
 ## Speed benchmark of the patching toolkit (prints its figures).
 bench: venv
 	$(PY) scripts/bench_path_patching.py
+
+## Activation-patching sweeps vs TransformerLens's own sweep functions (small and medium stand-ins).
+bench-activation: venv
+	$(PY) scripts/bench_activation_patching.py --model gpt2-small --n-prompts 20
+	$(PY) scripts/bench_activation_patching.py --model gpt2-medium --n-prompts 20 --by-pos-columns 2
 
 ## Chapter runtimes on the stand-in, smoke and default size, against their targets.
 bench-notebooks: venv

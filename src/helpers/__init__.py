@@ -72,6 +72,7 @@ from .path_patching import path_patch, path_patch_reference
 from .patching import (
     node_mask,
     patch_heads,
+    patch_heads_by_position,
     patch_resid_by_layer,
     patch_resid_by_position,
     replace_z_hooks,

@@ -8,9 +8,12 @@ from ``{(layer, head): positions}``). Patching from a source run, mean ablation
 
 **Sweeps.** One run is the *target*, the other the *source*; each component in turn gets the
 source's activation in the target's run and the metric of the result is recorded:
-:func:`patch_heads` (each head's ``z``), :func:`patch_resid_by_position` (the residual
+:func:`patch_heads` (each head's ``z``), :func:`patch_heads_by_position` (each head at
+each position), :func:`patch_resid_by_position` (the residual
 stream at one (layer, position)), :func:`patch_resid_by_layer` (one layer's residual
-stream), and the one-shot :func:`run_with_patches`. ``direction`` says which run is which:
+stream), and the one-shot :func:`run_with_patches`. The sweeps run each configuration
+from the target's cached residual stream at the patched layer and compute only the logits
+the metric reads (:mod:`helpers._sweeps`). ``direction`` says which run is which:
 
 - ``"corrupted->clean"`` (noising): run the clean prompts, patch in corrupted activations;
 - ``"clean->corrupted"`` (denoising): run the corrupted prompts, patch in clean ones.
@@ -29,9 +32,9 @@ from typing import Any
 
 import torch
 
+from . import _sweeps
 from .circuits import Head
 from .hooks import as_heads, as_tokens, capture, check_pair, hook_name, position_mask, resid_hook
-from .metrics import metric_scalar
 
 __all__ = [
     "DIRECTIONS",
@@ -39,6 +42,7 @@ __all__ = [
     "replace_z_hooks",
     "run_with_patches",
     "patch_heads",
+    "patch_heads_by_position",
     "patch_resid_by_position",
     "patch_resid_by_layer",
 ]
@@ -190,45 +194,10 @@ def _target_and_source(model, clean_tokens, corrupted_tokens, direction: str):
     return target.to(model.cfg.device), source
 
 
-def _configs_per_pass(model, batch: int, seq: int, batch_tokens: int | None) -> int:
-    """Configurations stacked in one forward pass: ``batch_tokens // (batch · seq)``, or by
-    default as many as keep the pass's logits within ~160 MB."""
-    if batch_tokens is not None:
-        return max(1, int(batch_tokens) // (batch * seq))
-    return max(1, int(4e7 // (batch * seq * model.cfg.d_vocab_out)))
-
-
-@torch.no_grad()
-def _scan(model, target, configs, hook_names, make_patch, metric, batch_tokens, progress, desc):
-    """Run ``target`` once per config (several configs stacked per forward pass); the
-    metric of each. ``make_patch(name, act [k, batch, ...], configs_in_group)`` edits the
-    stacked activation in place for every copy."""
-    batch, seq = target.shape
-    k_max = _configs_per_pass(model, batch, seq, batch_tokens)
-    groups = [configs[i : i + k_max] for i in range(0, len(configs), k_max)]
-    results = []
-    iterator = groups
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(groups, desc=desc)
-    for group in iterator:
-        k = len(group)
-        stacked = target.repeat(k, 1)
-        fwd = []
-        for name in hook_names:
-
-            def patch_copies(t, hook, _name=name, _group=group):
-                t = t.clone()
-                view = t.view(len(_group), batch, *t.shape[1:])
-                make_patch(_name, view, _group)
-                return t
-
-            fwd.append((name, patch_copies))
-        logits = model.run_with_hooks(stacked, fwd_hooks=fwd)
-        logits = logits.view(k, batch, *logits.shape[1:])
-        results.extend(metric_scalar(metric(logits[i])) for i in range(k))
-    return torch.tensor(results)
+def _copies(batch: int, seq: int, batch_tokens: int | None) -> int:
+    """Configurations stacked in one pass: ``batch_tokens // (batch · seq)``; default 1 (on a
+    2-core CPU stacking did not pay once each pass starts at the patched layer)."""
+    return 1 if batch_tokens is None else max(1, int(batch_tokens) // (batch * seq))
 
 
 @torch.no_grad()
@@ -248,27 +217,52 @@ def patch_heads(
     """``[n_layers, n_heads]``: the metric with one head's output (``hook_z``) patched.
 
     Each head in turn (default: all; others are ``NaN``) gets the source run's ``z`` at
-    ``positions`` (default all) in the target run. ``batch_tokens``: tokens per forward pass
-    (configurations are stacked up to it; default: as many as fit a ~160 MB logits budget).
+    ``positions`` (default all) in the target run. Each configuration runs only from the
+    head's layer on and reads only the metric's logits (see :mod:`helpers._sweeps`).
+    ``batch_tokens``: tokens per pass, to stack configurations (default: one per pass).
     """
     target, source = _target_and_source(model, clean_tokens, corrupted_tokens, direction)
     batch, seq = target.shape
     heads = as_heads(heads, model)
-    layers = sorted({L for L, _ in heads})
-    _, src = capture(model, source, [hook_name("z", L) for L in layers])
-    mask = position_mask(positions, batch, seq, named_positions=named_positions).to(target.device)
-    name_to_layer = {hook_name("z", L): L for L in layers}
-
-    def make_patch(name, view, group):
-        L = name_to_layer[name]
-        for i, (gl, h) in enumerate(group):
-            if gl == L:
-                view[i, :, :, h] = torch.where(mask[..., None], src[name][:, :, h], view[i, :, :, h])
-
-    values = _scan(model, target, heads, list(name_to_layer), make_patch, metric, batch_tokens, progress, "heads")
+    mask = position_mask(positions, batch, seq, named_positions=named_positions)
+    values = _sweeps.sweep_heads(
+        model, target, source, metric, heads, mask, copies=_copies(batch, seq, batch_tokens), progress=progress
+    )
     out = torch.full((model.cfg.n_layers, model.cfg.n_heads), math.nan)
     for (L, h), v in zip(heads, values):
         out[L, h] = v
+    return out
+
+
+@torch.no_grad()
+def patch_heads_by_position(
+    model,
+    clean_tokens,
+    corrupted_tokens,
+    metric: Callable,
+    *,
+    direction: str = "corrupted->clean",
+    positions: Iterable[int] | None = None,
+    heads: Iterable[Head] | None = None,
+    batch_tokens: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """``[n_layers, seq, n_heads]``: one head's ``hook_z`` patched at one position (column).
+
+    ``positions``: the columns to sweep (default all); other columns and heads are ``NaN``.
+    Same layout and numbers as TransformerLens's ``get_act_patch_attn_head_out_by_pos``.
+    """
+    target, source = _target_and_source(model, clean_tokens, corrupted_tokens, direction)
+    batch, seq = target.shape
+    heads = as_heads(heads, model)
+    cols = list(range(seq)) if positions is None else [int(p) % seq for p in positions]
+    values = _sweeps.sweep_heads_by_position(
+        model, target, source, metric, heads, cols, copies=_copies(batch, seq, batch_tokens), progress=progress
+    )
+    out = torch.full((model.cfg.n_layers, seq, model.cfg.n_heads), math.nan)
+    for (L, h), row in zip(heads, values):
+        for p, v in zip(cols, row):
+            out[L, p, h] = v
     return out
 
 
@@ -292,22 +286,16 @@ def patch_resid_by_position(
     """
     target, source = _target_and_source(model, clean_tokens, corrupted_tokens, direction)
     batch, seq = target.shape
+    resid_hook(0, hook)  # validates ``hook``
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(L) for L in layers]
-    names = {resid_hook(L, hook): L for L in layers}
-    _, src = capture(model, source, list(names))
-    configs = [(L, p) for L in layers for p in range(seq)]
-
-    def make_patch(name, view, group):
-        L = names[name]
-        for i, (gl, p) in enumerate(group):
-            if gl == L:
-                view[i, :, p] = src[name][:, p]
-
-    values = _scan(model, target, configs, list(names), make_patch, metric, batch_tokens, progress,
-                   "resid (layer, pos)")
+    masks = [position_mask(p, batch, seq) for p in range(seq)]
+    values = _sweeps.sweep_resid(
+        model, target, source, metric, layers, masks, hook=hook,
+        copies=_copies(batch, seq, batch_tokens), progress=progress,
+    )
     out = torch.full((model.cfg.n_layers, seq), math.nan)
-    for (L, p), v in zip(configs, values):
-        out[L, p] = v
+    for L, row in zip(layers, values):
+        out[L] = torch.tensor(row)
     return out
 
 
@@ -332,15 +320,10 @@ def patch_resid_by_layer(
     """
     target, source = _target_and_source(model, clean_tokens, corrupted_tokens, direction)
     batch, seq = target.shape
-    layers = list(range(model.cfg.n_layers))
-    names = {resid_hook(L, hook): L for L in layers}
-    _, src = capture(model, source, list(names))
-    mask = position_mask(positions, batch, seq, named_positions=named_positions).to(target.device)
-
-    def make_patch(name, view, group):
-        L = names[name]
-        for i, gl in enumerate(group):
-            if gl == L:
-                view[i] = torch.where(mask[..., None], src[name], view[i])
-
-    return _scan(model, target, layers, list(names), make_patch, metric, batch_tokens, progress, "resid layers")
+    resid_hook(0, hook)
+    mask = position_mask(positions, batch, seq, named_positions=named_positions)
+    values = _sweeps.sweep_resid(
+        model, target, source, metric, list(range(model.cfg.n_layers)), [mask], hook=hook,
+        copies=_copies(batch, seq, batch_tokens), progress=progress,
+    )
+    return torch.tensor([row[0] for row in values])
