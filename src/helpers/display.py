@@ -67,13 +67,24 @@ def model_banner(model) -> HTML:
 
 
 def _cv_mode(mode: str | None) -> str:
-    mode = mode or os.environ.get("CASEBOOK_CV_MODE", "cdn")
+    """The circuitsvis output mode: the argument, else ``CASEBOOK_CV_MODE``, else ``"book"``
+    in a book build (``CASEBOOK_BUILD``) and ``"cdn"`` elsewhere."""
+    default = "book" if os.environ.get("CASEBOOK_BUILD") else "cdn"
+    mode = mode or os.environ.get("CASEBOOK_CV_MODE", default)
     if mode not in CV_MODES:
         raise ValueError(
             f"circuitsvis mode {mode!r} is not one of {CV_MODES}: use 'cdn' (small, the reader "
-            f"needs internet) or 'inline' (works offline, ~1.3 MB per view)."
+            f"needs internet), 'inline' (works offline, ~1.3 MB per view) or 'book' (the built "
+            f"site's own copy of the bundle)."
         )
     return mode
+
+
+def _cv_html(view, mode: str) -> HTML:
+    """A rendered circuitsvis view as HTML in the given mode."""
+    if mode == "book":
+        return HTML(circuitsvis_book_html(view))
+    return HTML(view.cdn_src if mode == "cdn" else view.local_src)
 
 
 def token_effect_view(tokens: Sequence[str], values, labels: Sequence[str], *, mode: str | None = None) -> HTML:
@@ -88,7 +99,7 @@ def token_effect_view(tokens: Sequence[str], values, labels: Sequence[str], *, m
     mode = _cv_mode(mode)
     values = torch.as_tensor(values, dtype=torch.float32)
     view = cv.tokens.colored_tokens_multi(tokens=list(tokens), values=values, labels=list(labels))
-    return HTML(view.cdn_src if mode == "cdn" else view.local_src)
+    return _cv_html(view, mode)
 
 
 def attention_view(
@@ -106,23 +117,14 @@ def attention_view(
     """
     import circuitsvis as cv
 
-    default = "book" if os.environ.get("CASEBOOK_BUILD") else "cdn"
-    mode = mode or os.environ.get("CASEBOOK_CV_MODE", default)
-    if mode not in CV_MODES:
-        raise ValueError(
-            f"circuitsvis mode {mode!r} is not one of {CV_MODES}: use 'cdn' (small, the reader "
-            f"needs internet), 'inline' (works offline, ~1.3 MB per view) or 'book' (the built "
-            f"site's own copy of the bundle)."
-        )
+    mode = _cv_mode(mode)
     if hasattr(patterns, "detach"):
         patterns = patterns.detach().float().cpu()
     names = [head_label(l, h) for l, h in heads] if heads is not None else None
     view = cv.attention.attention_heads(
         attention=patterns, tokens=list(tokens), attention_head_names=names
     )
-    if mode == "book":
-        return HTML(circuitsvis_book_html(view))
-    return HTML(view.cdn_src if mode == "cdn" else view.local_src)
+    return _cv_html(view, mode)
 
 
 def show_attention(tokens, patterns, heads=None, *, mode: str | None = None) -> None:
