@@ -493,5 +493,5 @@ def trace_heatmap(values, row_labels: Sequence[str], *, title: str, colorbar_tit
                           line=dict(color="black", width=2))
     fig.update_layout(title=title, xaxis=dict(title="layer", dtick=1),
                       yaxis=dict(title="token", autorange="reversed"),
-                      height=120 + 40 * n_rows, width=700)
+                      height=120 + 40 * n_rows)
     return fig
