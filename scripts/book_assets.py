@@ -33,6 +33,7 @@ PLOTLY_JS = f"{STATIC_SUBDIR}/plotly.min.js"
 CIRCUITSVIS_JS = f"{STATIC_SUBDIR}/circuitsvis.js"
 MATHJAX_JS = f"{STATIC_SUBDIR}/mathjax/tex-chtml.js"
 CSS = f"{STATIC_SUBDIR}/casebook.css"
+FAVICON_ICO = "book/favicon.ico"  # book/favicon.svg rendered at 32 px, copied to the site root
 # Code cells: 80 characters fit the text column at the default width (at 14 px, ~77 did).
 _CSS_TEXT = """/* Circuit Casebook (scripts/book_assets.py) */
 div.cell_input pre, div.cell_output pre { font-size: 13px; }
@@ -94,6 +95,11 @@ def configure(config: dict) -> dict:
 def _copy_on_init(app) -> None:
     if app.builder.format == "html":
         copy_assets(Path(app.outdir) / "_static")
+        # Browsers (phone Chrome in particular) still ask for /favicon.ico beside the page's
+        # SVG icon; without this file that request is a 404 in the console.
+        icon = Path(app.srcdir) / FAVICON_ICO
+        if icon.exists():
+            shutil.copyfile(icon, Path(app.outdir) / "favicon.ico")
 
 
 def _defaults(app, config) -> None:

@@ -84,6 +84,8 @@ def test_bibliography_and_search_exist(built):
     refs = (out / "html" / "book" / "references.html").read_text(encoding="utf-8")
     assert "interpretability in the wild" in refs.lower() and "wang" in refs.lower()
     assert (out / "html" / "search.html").exists() and (out / "html" / "searchindex.js").exists()
+    # Phone Chrome asks for /favicon.ico even beside the SVG icon: a 404 there is a console error.
+    assert (out / "html" / "favicon.ico").read_bytes()[:4] == b"\x00\x00\x01\x00"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
