@@ -686,30 +686,30 @@ class PathPatchingExperiment:
                              colorbar_title="% change in<br>logit diff.", marked=self.found)
 
 
+# The five path-patching experiments of Wang et al. 2022 the chapter repeats, as a table:
+# key, what is patched (sender position → receivers' input), receivers, input, sender
+# position, source.
+_PATH_PATCHING_ROWS = [
+    ("logits", "sender (at END) → logits", "logits", "q", "END", "§3.1, Fig. 3b"),
+    ("name mover queries", "sender (at END) → name movers' queries", "name mover", "q", "END", "§3.2, Fig. 4"),
+    ("s-inhibition values", "sender (at S2) → S-inhibition heads' values", "s-inhibition", "v", "S2", "§3.3, Fig. 5"),
+    ("s-inhibition keys", "sender (at S2) → S-inhibition heads' keys", "s-inhibition", "k", "S2", "App. C, Fig. 12"),
+    ("induction keys", "sender (at S1+1) → induction heads' keys", "induction", "k", "S1+1", "App. D, Fig. 13"),
+]
+# The heads each experiment found ({legend: labels}), marked on its own heatmap.
+_PATH_PATCHING_FOUND = {
+    "logits": {"name movers (Fig. 3b)": ("9.9", "9.6", "10.0"), "negative name movers (Fig. 3b)": ("10.7", "11.10")},
+    "name mover queries": {"S-inhibition (Fig. 4)": ("7.3", "7.9", "8.6", "8.10")},
+    "s-inhibition values": {"induction (Fig. 5)": ("5.5", "6.9"), "duplicate token (Fig. 5)": ("0.1", "3.0")},
+    "s-inhibition keys": {"fuzzy induction / duplicate (App. C)": ("5.8", "5.9", "0.10"),
+                          "opposite sign here (App. C)": ("0.1", "3.0")},
+    "induction keys": {"previous token (App. D)": ("2.2", "4.11")},
+}
 #: The five path-patching experiments of Wang et al. 2022 the chapter repeats.
 PATH_PATCHING: dict[str, PathPatchingExperiment] = {
-    "logits": PathPatchingExperiment(
-        "Path patching: sender (at END) → logits", "logits", "q", "END",
-        {"name movers (Fig. 3b)": ("9.9", "9.6", "10.0"),
-         "negative name movers (Fig. 3b)": ("10.7", "11.10")},
-        "Wang et al. 2022, §3.1, Fig. 3b"),
-    "name mover queries": PathPatchingExperiment(
-        "Path patching: sender (at END) → name movers' queries", "name mover", "q", "END",
-        {"S-inhibition (Fig. 4)": ("7.3", "7.9", "8.6", "8.10")},
-        "Wang et al. 2022, §3.2, Fig. 4"),
-    "s-inhibition values": PathPatchingExperiment(
-        "Path patching: sender (at S2) → S-inhibition heads' values", "s-inhibition", "v", "S2",
-        {"induction (Fig. 5)": ("5.5", "6.9"), "duplicate token (Fig. 5)": ("0.1", "3.0")},
-        "Wang et al. 2022, §3.3, Fig. 5"),
-    "s-inhibition keys": PathPatchingExperiment(
-        "Path patching: sender (at S2) → S-inhibition heads' keys", "s-inhibition", "k", "S2",
-        {"fuzzy induction / duplicate (App. C)": ("5.8", "5.9", "0.10"),
-         "opposite sign here (App. C)": ("0.1", "3.0")},
-        "Wang et al. 2022, App. C, Fig. 12"),
-    "induction keys": PathPatchingExperiment(
-        "Path patching: sender (at S1+1) → induction heads' keys", "induction", "k", "S1+1",
-        {"previous token (App. D)": ("2.2", "4.11")},
-        "Wang et al. 2022, App. D, Fig. 13"),
+    key: PathPatchingExperiment(f"Path patching: {what}", receivers, receiver_input, sender_positions,
+                                _PATH_PATCHING_FOUND[key], f"Wang et al. 2022, {where}")
+    for key, what, receivers, receiver_input, sender_positions, where in _PATH_PATCHING_ROWS
 }
 
 
