@@ -55,6 +55,26 @@ def boot(hf_model, spec: ModelSpec, seed: int):
     return finish_model(bridge, spec, stand_in=True, seed=seed)
 
 
+def seeded_hf_gpt2(spec: ModelSpec, seed: int, *, n_layers: int | None = None, n_positions: int = 64,
+                   initializer_range: float = 0.02):
+    """A Hugging Face GPT-2 of ``spec``'s shape with seeded random weights, to edit by hand
+    before :func:`boot` (the global RNG is left as it was)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=n_layers or spec.n_layers, n_head=spec.n_heads, n_embd=spec.d_model,
+                        n_positions=n_positions, vocab_size=spec.d_vocab, initializer_range=initializer_range)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config)
+
+
+def head_slices(head: int, spec: ModelSpec) -> tuple[slice, slice, slice]:
+    """The columns of head ``head``'s query, key and value in a GPT-2 block's ``c_attn``
+    (Conv1D: ``x @ W + b``, ``W`` ``[d_model, 3 d_model]``)."""
+    d, dh = spec.d_model, spec.d_head
+    return tuple(slice(i * d + head * dh, i * d + (head + 1) * dh) for i in range(3))
+
+
 def name_ids() -> tuple[int, int]:
     tok = gpt2_tokenizer()
     return tok.encode(" Mary")[0], tok.encode(" John")[0]
@@ -62,16 +82,8 @@ def name_ids() -> tuple[int, int]:
 
 @lru_cache(maxsize=1)
 def build_planted(seed: int = 3):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    d, dh = SPEC.d_model, SPEC.d_head
-    config = GPT2Config(
-        n_layer=SPEC.n_layers, n_head=SPEC.n_heads, n_embd=d, n_positions=64,
-        vocab_size=SPEC.d_vocab, initializer_range=0.15,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        hf = GPT2LMHeadModel(config)
+    dh = SPEC.d_head
+    hf = seeded_hf_gpt2(SPEC, seed, initializer_range=0.15)
     mary, john = name_ids()
     L, h = PLANTED
     with torch.no_grad():
@@ -83,7 +95,7 @@ def build_planted(seed: int = 3):
         wpe[1, 63] = MARK
         attn = hf.transformer.h[L].attn
         W, b = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: x @ W + b, W [d, 3d]
-        q, k, v = slice(h * dh, (h + 1) * dh), slice(d + h * dh, d + (h + 1) * dh), slice(2 * d + h * dh, 2 * d + (h + 1) * dh)
+        q, k, v = head_slices(h, SPEC)
         W[:, q] = 0.0
         b[q] = 0.0
         b[q.start] = C

@@ -60,22 +60,11 @@ def build_key_planted(seed: int = 3):
     1.1 attends uniformly, reads the name (+ for Mary's direction 0, − for John's direction
     1) and writes it, times ``BETA``, into direction 63. So at position 1 Mary raises 2.0's
     key and John lowers it: 1.1 matters for 2.0 only through 2.0's keys."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from conftest_patching import ALPHA, C, MARK, NAME_NORM, head_slices, seeded_hf_gpt2
 
-    from conftest_patching import ALPHA, C, MARK, NAME_NORM
-
-    d, dh = SPEC.d_model, SPEC.d_head
-    config = GPT2Config(n_layer=SPEC.n_layers, n_head=SPEC.n_heads, n_embd=d, n_positions=64,
-                        vocab_size=SPEC.d_vocab, initializer_range=0.15)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        hf = GPT2LMHeadModel(config)
+    dh = SPEC.d_head
+    hf = seeded_hf_gpt2(SPEC, seed, initializer_range=0.15)
     mary, john = name_ids()
-
-    def slices(h):
-        return (slice(h * dh, (h + 1) * dh), slice(d + h * dh, d + (h + 1) * dh),
-                slice(2 * d + h * dh, 2 * d + (h + 1) * dh))
-
     with torch.no_grad():
         wte, wpe = hf.transformer.wte.weight, hf.transformer.wpe.weight
         wte[mary], wte[john] = 0.0, 0.0
@@ -84,7 +73,7 @@ def build_key_planted(seed: int = 3):
         # receiver 2.0: constant query, key = direction 63, value = directions 0..15
         attn = hf.transformer.h[2].attn
         W, b, P = attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight
-        q, k, v = slices(0)
+        q, k, v = head_slices(0, SPEC)
         W[:, q], b[q], W[:, k], b[k], W[:, v], b[v] = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
         b[q.start] = C
         W[63, k.start] = 1.0
@@ -97,7 +86,7 @@ def build_key_planted(seed: int = 3):
         attn = hf.transformer.h[SENDER[0]].attn
         W, b, P = attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight
         h = SENDER[1]
-        q, k, v = slices(h)
+        q, k, v = head_slices(h, SPEC)
         W[:, q], b[q], W[:, k], b[k], W[:, v], b[v] = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
         W[0, v.start], W[1, v.start] = 1.0, -1.0
         P[h * dh : (h + 1) * dh] = 0.0
@@ -145,14 +134,10 @@ def build_copy_planted(seed: int = 5):
     """Eight names embedded on directions 0..7; head 1.0's OV is +identity on directions
     0..15 (a copying head), head 1.2's is −identity (an anti-copying head); the rest random.
     GPT-2 ties W_U to W_E, so copying direction i raises name i's logit."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from conftest_patching import head_slices, seeded_hf_gpt2
 
-    d, dh = SPEC.d_model, SPEC.d_head
-    config = GPT2Config(n_layer=2, n_head=SPEC.n_heads, n_embd=d, n_positions=64,
-                        vocab_size=SPEC.d_vocab, initializer_range=0.02)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        hf = GPT2LMHeadModel(config)
+    dh = SPEC.d_head
+    hf = seeded_hf_gpt2(SPEC, seed, n_layers=2)
     tok = gpt2_tokenizer()
     with torch.no_grad():
         wte = hf.transformer.wte.weight
@@ -163,7 +148,7 @@ def build_copy_planted(seed: int = 5):
         attn = hf.transformer.h[1].attn
         W, b, P = attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight
         for (_, h), s in ((COPY, 1.0), (ANTI, -1.0)):
-            v = slice(2 * d + h * dh, 2 * d + (h + 1) * dh)
+            v = head_slices(h, SPEC)[2]
             W[:, v], b[v] = 0.0, 0.0
             P[h * dh : (h + 1) * dh] = 0.0
             for i in range(dh):
