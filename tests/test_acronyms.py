@@ -18,6 +18,7 @@ from helpers import (
     head_means,
     hook_name,
     logit_diff_vs_rivals,
+    strongest_rival,
     patch_heads,
     run_with_mean_ablation,
     swap_bos_attention_hooks,
@@ -146,6 +147,7 @@ def test_rival_metric_on_hand_made_logits():
     answer = torch.tensor([35, 40])
     per = logit_diff_vs_rivals(logits, answer, torch.tensor(LETTER_IDS), 1, mean=False)
     assert per.tolist() == [3.0, -3.0]
+    assert strongest_rival(logits, answer, torch.tensor(LETTER_IDS), 1).tolist() == [33, 57]
     metric = PositionMetric(lambda lg: logit_diff_vs_rivals(lg, answer, torch.tensor(LETTER_IDS)),
                             torch.tensor([1, 1]))
     assert metric(logits).item() == 0.0

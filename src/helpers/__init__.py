@@ -54,6 +54,7 @@ from .metrics import (
     logits_at,
     normalized_metric,
     percent_change,
+    strongest_rival,
 )
 from .models import (
     SUPPORTED_MODELS,

@@ -19,6 +19,7 @@ __all__ = [
     "logits_at",
     "logit_diff",
     "logit_diff_vs_rivals",
+    "strongest_rival",
     "answer_prob",
     "normalized_metric",
     "percent_change",
@@ -58,29 +59,25 @@ def logit_diff(
     return diff.mean() if mean else diff
 
 
-def logit_diff_vs_rivals(
-    logits: torch.Tensor,
-    answer: torch.Tensor,
-    rivals: torch.Tensor,
-    positions: torch.Tensor | int | None = None,
-    *,
-    mean: bool = True,
-) -> torch.Tensor:
-    """logit(answer) − the largest logit among ``rivals`` other than the answer.
-
-    ``rivals``: ``[k]`` token ids shared by every prompt (e.g. the 26 capital letters); the
-    answer itself is left out of the maximum, so it should be one of them or not matter.
-    The mean over prompts unless ``mean=False``.
-    """
+def strongest_rival(logits: torch.Tensor, answer: torch.Tensor, rivals: torch.Tensor,
+                    positions: torch.Tensor | int | None = None) -> torch.Tensor:
+    """``[batch]`` token ids: each prompt's highest-scoring token among ``rivals`` other than
+    its answer (``rivals``: ``[k]`` ids shared by every prompt, e.g. the 26 capital letters)."""
     final = logits_at(logits, positions)
     rivals = torch.as_tensor(rivals, device=final.device).reshape(-1)
     answer = torch.as_tensor(answer, device=final.device).reshape(-1)
     if answer.shape[0] != final.shape[0]:
         raise ValueError(f"answer has {answer.shape[0]} entries for {final.shape[0]} prompts")
-    rows = torch.arange(final.shape[0], device=final.device)
     rival_logits = final[:, rivals].masked_fill(rivals[None, :] == answer[:, None], float("-inf"))
-    diff = final[rows, answer] - rival_logits.max(-1).values
-    return diff.mean() if mean else diff
+    return rivals[rival_logits.argmax(-1)]
+
+
+def logit_diff_vs_rivals(logits: torch.Tensor, answer: torch.Tensor, rivals: torch.Tensor,
+                         positions: torch.Tensor | int | None = None, *, mean: bool = True) -> torch.Tensor:
+    """logit(answer) − the largest logit among ``rivals`` other than the answer
+    (:func:`strongest_rival`); the mean over prompts unless ``mean=False``."""
+    wrong = strongest_rival(logits, answer, rivals, positions)
+    return logit_diff(logits, answer, wrong, positions, mean=mean)
 
 
 def answer_prob(
