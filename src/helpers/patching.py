@@ -201,19 +201,10 @@ def _copies(batch: int, seq: int, batch_tokens: int | None) -> int:
 
 
 @torch.no_grad()
-def patch_heads(
-    model,
-    clean_tokens,
-    corrupted_tokens,
-    metric: Callable,
-    *,
-    direction: str = "corrupted->clean",
-    positions: Any = None,
-    heads: Iterable[Head] | None = None,
-    named_positions: Mapping[str, Any] | None = None,
-    batch_tokens: int | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+def patch_heads(model, clean_tokens, corrupted_tokens, metric: Callable, *,
+                direction: str = "corrupted->clean", positions: Any = None,
+                heads: Iterable[Head] | None = None, named_positions: Mapping[str, Any] | None = None,
+                batch_tokens: int | None = None, progress: bool = False) -> torch.Tensor:
     """``[n_layers, n_heads]``: the metric with one head's output (``hook_z``) patched.
 
     Each head in turn (default: all; others are ``NaN``) gets the source run's ``z`` at
@@ -235,18 +226,10 @@ def patch_heads(
 
 
 @torch.no_grad()
-def patch_heads_by_position(
-    model,
-    clean_tokens,
-    corrupted_tokens,
-    metric: Callable,
-    *,
-    direction: str = "corrupted->clean",
-    positions: Iterable[int] | None = None,
-    heads: Iterable[Head] | None = None,
-    batch_tokens: int | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+def patch_heads_by_position(model, clean_tokens, corrupted_tokens, metric: Callable, *,
+                            direction: str = "corrupted->clean", positions: Iterable[int] | None = None,
+                            heads: Iterable[Head] | None = None, batch_tokens: int | None = None,
+                            progress: bool = False) -> torch.Tensor:
     """``[n_layers, seq, n_heads]``: one head's ``hook_z`` patched at one position (column).
 
     ``positions``: the columns to sweep (default all); other columns and heads are ``NaN``.
@@ -267,18 +250,10 @@ def patch_heads_by_position(
 
 
 @torch.no_grad()
-def patch_resid_by_position(
-    model,
-    clean_tokens,
-    corrupted_tokens,
-    metric: Callable,
-    *,
-    direction: str = "corrupted->clean",
-    hook: str = "resid_pre",
-    layers: Iterable[int] | None = None,
-    batch_tokens: int | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+def patch_resid_by_position(model, clean_tokens, corrupted_tokens, metric: Callable, *,
+                            direction: str = "corrupted->clean", hook: str = "resid_pre",
+                            layers: Iterable[int] | None = None, batch_tokens: int | None = None,
+                            progress: bool = False) -> torch.Tensor:
     """``[n_layers, seq]``: the metric with the residual stream at one (layer, position) patched.
 
     ``hook``: ``"resid_pre"`` (default), ``"resid_mid"`` or ``"resid_post"``. Positions are
@@ -300,19 +275,10 @@ def patch_resid_by_position(
 
 
 @torch.no_grad()
-def patch_resid_by_layer(
-    model,
-    clean_tokens,
-    corrupted_tokens,
-    metric: Callable,
-    *,
-    direction: str = "corrupted->clean",
-    hook: str = "resid_pre",
-    positions: Any = None,
-    named_positions: Mapping[str, Any] | None = None,
-    batch_tokens: int | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+def patch_resid_by_layer(model, clean_tokens, corrupted_tokens, metric: Callable, *,
+                         direction: str = "corrupted->clean", hook: str = "resid_pre",
+                         positions: Any = None, named_positions: Mapping[str, Any] | None = None,
+                         batch_tokens: int | None = None, progress: bool = False) -> torch.Tensor:
     """``[n_layers]``: the metric with the whole residual stream of one layer patched.
 
     At ``positions`` (default every position: then any single layer's ``resid_pre`` carries

@@ -152,20 +152,10 @@ def path_patch_reference(
 
 
 @torch.no_grad()
-def path_patch(
-    model,
-    clean_tokens,
-    corrupted_tokens,
-    metric: Callable,
-    *,
-    receivers: Any = "logits",
-    receiver_input: Any = "q",
-    senders: Iterable[Head] | None = None,
-    sender_positions: Any = None,
-    named_positions: Mapping[str, Any] | None = None,
-    batch_tokens: int | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+def path_patch(model, clean_tokens, corrupted_tokens, metric: Callable, *, receivers: Any = "logits",
+               receiver_input: Any = "q", senders: Iterable[Head] | None = None,
+               sender_positions: Any = None, named_positions: Mapping[str, Any] | None = None,
+               batch_tokens: int | None = None, progress: bool = False) -> torch.Tensor:
     """``[n_layers, n_heads]``: path-patching score of each sender head (Wang et al. App. B).
 
     Args:
