@@ -264,3 +264,43 @@ def test_bos_swap_sweep_stacked_equals_one_head_at_a_time(ds, mover):
             plain = metric(mover.run_with_hooks(tokens, fwd_hooks=hooks)).item()
             assert stacked[L, h].item() == pytest.approx(plain, abs=1e-4)
             assert single[L, h].item() == pytest.approx(plain, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- exercises
+
+
+def _todo(*args):
+    raise NotImplementedError
+
+
+def test_letter_metric_check_passes_the_reference_and_names_known_mistakes():
+    from helpers.exercises.acronyms import check_letter_logit_diff, reference_letter_logit_diff
+
+    assert check_letter_logit_diff(reference_letter_logit_diff).passed
+    assert check_letter_logit_diff(_todo).status == "todo"
+
+    def with_answer(lg, a, ids):
+        return lg.gather(2, a[..., None])[..., 0] - lg[:, :, ids].max(-1).values
+
+    assert "leave the answer out" in check_letter_logit_diff(with_answer).message
+    whole = check_letter_logit_diff(
+        lambda lg, a, ids: lg.gather(2, a[..., None])[..., 0]
+        - lg.scatter(2, a[..., None], float("-inf")).max(-1).values)
+    assert "whole vocabulary" in whole.message
+    flipped = check_letter_logit_diff(lambda *a: -reference_letter_logit_diff(*a))
+    assert flipped.status == "fail" and "sign is flipped" in flipped.message
+    pooled = check_letter_logit_diff(lambda *a: reference_letter_logit_diff(*a).mean(1))
+    assert "shape" in pooled.message
+
+
+def test_mover_attention_check_passes_the_reference_and_names_known_mistakes():
+    from helpers.exercises.acronyms import check_mover_attention, reference_mover_attention
+
+    assert check_mover_attention(reference_mover_attention).passed
+    assert check_mover_attention(_todo).status == "todo"
+    swapped = check_mover_attention(lambda p: p[:, :, [2, 4, 6], [8, 9, 10]].mean(0))
+    assert "query and key are swapped" in swapped.message
+    assert "Ti" in check_mover_attention(lambda p: p[:, :, [8, 9, 10], [3, 5, 7]].mean(0)).message
+    assert "off by one" in check_mover_attention(lambda p: p[:, :, [7, 8, 9], [2, 4, 6]].mean(0)).message
+    per_prompt = check_mover_attention(lambda p: p[:, :, [8, 9, 10], [2, 4, 6]])
+    assert per_prompt.status == "fail" and "shape" in per_prompt.message

@@ -180,3 +180,48 @@ def test_path_patching_on_gpt2_medium_shape_matches_the_reference(cobj):
                                    named_positions=ds.positions, **kw)
         assert torch.equal(fast.isnan(), ref.isnan()) and (~fast.isnan()).sum() == 3
         assert torch.allclose(fast[~fast.isnan()], ref[~ref.isnan()], atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- exercises
+
+
+def _todo(*args):
+    raise NotImplementedError
+
+
+def test_wrong_color_rows_check_names_known_mistakes():
+    from helpers.cases.circuit_reuse import COLOR_POSITIONS
+    from helpers.exercises.circuit_reuse import check_wrong_color_rows, reference_wrong_color_rows
+
+    assert check_wrong_color_rows(reference_wrong_color_rows).passed
+    assert check_wrong_color_rows(_todo).status == "todo"
+    rows = reference_wrong_color_rows(torch.tensor([2]), 62, COLOR_POSITIONS)
+    assert rows.sum() == 1 and rows[0, 41] == rows[0, 45] == 0.5 and rows[0, 50] == 0
+
+    def on_answer(a, s, c):
+        return torch.stack([torch.zeros(s).index_fill(0, torch.tensor(c[int(x)]), 1.0) for x in a])
+
+    assert "*wrong* colors" in check_wrong_color_rows(on_answer).message
+    assert "sum to 1" in check_wrong_color_rows(lambda *a: 2 * reference_wrong_color_rows(*a)).message
+
+
+def test_block_keys_check_names_known_mistakes():
+    from helpers.exercises.circuit_reuse import check_block_keys, reference_block_keys
+
+    assert check_block_keys(reference_block_keys).passed
+    assert check_block_keys(_todo).status == "todo"
+
+    def no_renorm(p, q, b):
+        out = p.clone()
+        r = torch.arange(len(q))
+        out[r, :, q] = out[r, :, q].masked_fill(b[:, None, :], 0.0)
+        return out
+
+    assert "renormalise" in check_block_keys(no_renorm).message
+
+    def everywhere(p, q, b):
+        out = p.masked_fill(b[:, None, None, :], 0.0)
+        return out / out.sum(-1, keepdim=True).clamp_min(1e-12)
+
+    assert "every query position" in check_block_keys(everywhere).message
+    assert check_block_keys(lambda p, q, b: p).status == "fail"

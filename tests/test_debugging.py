@@ -318,3 +318,41 @@ def test_batched_ablation_effects_equal_one_at_a_time(dbg):
     base = dbg.ablate("H1.3")
     np.testing.assert_allclose(ablation_effects(base, nodes).actual,
                                [base.logit_diff - base.ablate(n).logit_diff for n in nodes], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- exercises
+
+
+def _todo(*args):
+    raise NotImplementedError
+
+
+def test_pair_direct_effect_check_names_known_mistakes():
+    from helpers.exercises.debugging import check_pair_direct_effect, reference_pair_direct_effect as ref
+
+    assert check_pair_direct_effect(ref).passed
+    assert check_pair_direct_effect(_todo).status == "todo"
+    no_scale = check_pair_direct_effect(lambda p, v, O, s, d: ref(p, v, O, 1.0, d))
+    assert "left out the final LayerNorm" in no_scale.message
+    times = check_pair_direct_effect(lambda p, v, O, s, d: ref(p, v, O, 1.0, d) * s)
+    assert "multiplied by the LayerNorm" in times.message
+    flipped = check_pair_direct_effect(lambda p, v, O, s, d: ref(p, v, O, s, -d))
+    assert "sign is flipped" in flipped.message and "W_U[:, target]" in flipped.message
+    summed = check_pair_direct_effect(lambda *a: ref(*a).sum(-1))
+    assert summed.status == "fail" and "shape" in summed.message
+
+
+def test_rank_correlation_check_names_known_mistakes():
+    from helpers.exercises.debugging import check_rank_correlation, reference_rank_correlation
+
+    def pearson(x, y):
+        x, y = x - x.mean(), y - y.mean()
+        return (x * y).sum() / (x.norm() * y.norm())
+
+    assert check_rank_correlation(reference_rank_correlation).passed
+    assert check_rank_correlation(lambda x, y: pearson(x.argsort().argsort().float(),
+                                                       y.argsort().argsort().float())).passed
+    assert check_rank_correlation(_todo).status == "todo"
+    assert "Pearson" in check_rank_correlation(pearson).message
+    argsort_once = check_rank_correlation(lambda x, y: pearson(x.argsort().float(), y.argsort().float()))
+    assert "argsort().argsort()" in argsort_once.message

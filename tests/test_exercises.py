@@ -110,7 +110,7 @@ def test_student_notebook_runs_at_smoke_size_with_the_stubs(path, tmp_path):
     nbformat.write(make_student(nb), student)
     out = tmp_path / f"run-{path.name}"
     params = {"weights": "random", **nb.metadata.get("casebook", {}).get("smoke_parameters", {})}
-    args = [x for k, v in params.items() for x in ("-p", k, str(v))]
+    args = ["-y", json.dumps(params)]  # YAML (JSON is YAML): list parameters keep their type
     result = subprocess.run(
         [sys.executable, "-m", "papermill", "-k", "python3", "--cwd", str(ROOT / "notebooks"),
          str(student), str(out), *args], capture_output=True, text=True, timeout=900,

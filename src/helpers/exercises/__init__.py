@@ -15,12 +15,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckResult", "run_check"]
+__all__ = ["CheckResult", "random_attention", "run_check"]
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """``status``: ``"pass"``, ``"todo"`` (not implemented yet) or ``"fail"``."""
+    """One check's outcome: ``status`` is ``"pass"``, ``"todo"`` (not implemented yet) or
+    ``"fail"``, and ``message`` the line the check printed."""
 
     name: str
     status: str
@@ -58,18 +59,21 @@ def run_check(
     reference: Callable,
     cases: Sequence[tuple[str, tuple]],
     *,
-    known_mistakes: Mapping[str, Callable] | None = None,
+    known_mistakes: Mapping[str, Callable] | Sequence[Callable] | None = None,
     sign_hint: str = "",
     atol: float = 1e-4,
     quiet: bool = False,
 ) -> CheckResult:
     """Compare ``learner(*args)`` with ``reference(*args)`` for each ``(label, args)`` case.
 
-    ``known_mistakes``: ``{description: wrong implementation}``; when the learner's output
-    equals one of them (and not the reference), the description is the message.
+    ``known_mistakes``: ``{description: wrong implementation}``, or wrong implementations
+    whose docstrings are their descriptions; when the learner's output equals one of them
+    (and not the reference), the description is the message.
     ``sign_hint``: added when the output is the reference's negative (e.g. "did you swap
     the answer and the wrong token?").
     """
+    if known_mistakes is not None and not isinstance(known_mistakes, Mapping):
+        known_mistakes = {" ".join(m.__doc__.split()): m for m in known_mistakes}
     for label, args in cases:
         expected = _as_tensor(reference(*args))
         try:
@@ -102,3 +106,11 @@ def run_check(
         return _finish(name, "fail", f"✗ {name}: wrong value on {label}{where}: got "
                        f"{got.reshape(-1)[i].item():.4g}, expected {expected.reshape(-1)[i].item():.4g}.", quiet)
     return _finish(name, "pass", f"✓ {name}: matches the reference on {len(cases)} inputs.", quiet)
+
+
+def random_attention(n: int, heads: int, seq: int, generator: torch.Generator) -> torch.Tensor:
+    """``[n, heads, seq (query), seq (key)]``: seeded random causal attention patterns (each
+    row sums to 1, no weight after its query), a test input for attention exercises."""
+    scores = 2 * torch.randn(n, heads, seq, seq, generator=generator)
+    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
