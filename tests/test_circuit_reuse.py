@@ -167,6 +167,30 @@ def test_accuracies_match_a_hand_count(tiny_model, cobj):
     assert got == {"full": pytest.approx(full), "choice": pytest.approx(choice)}
 
 
+def test_mover_color_attention_batched_equals_one_full_run(tiny_model, cobj):
+    from helpers.cases.circuit_reuse import mover_color_attention
+
+    ds = cobj.subset(range(7))
+    movers = [(0, 1), (1, 0), (1, 2)]
+    end, rows = ds.positions["END"], torch.arange(7)
+    rows_hooks = attention_edit_hooks(tiny_model, [(1, 0)], end, rows=wrong_color_rows(ds))
+
+    def by_hand(hooks):
+        _, acts = capture(tiny_model, ds.tokens, [hook_name("pattern", L) for L in (0, 1)], fwd_hooks=hooks)
+        at = torch.stack([acts[hook_name("pattern", L)][rows, h, end][:, list(COLOR_POSITIONS)]
+                          for L, h in movers])  # [movers, n, 3]
+        asked = torch.nn.functional.one_hot(ds.asked, 3).bool()
+        return at[:, asked].mean(-1).mean().item(), at[:, ~asked].mean(-1).mean().item()
+
+    for hooks, batch_hooks in (((), ()), (rows_hooks, lambda idx: attention_edit_hooks(
+            tiny_model, [(1, 0)], end[idx], rows=wrong_color_rows(ds)[idx]))):
+        got = mover_color_attention(tiny_model, ds, movers, fwd_hooks=batch_hooks, batch_size=3)
+        right, wrong = by_hand(hooks)
+        assert got == {"right color": pytest.approx(right, abs=1e-6), "each wrong color": pytest.approx(wrong, abs=1e-6)}
+    edited = mover_color_attention(tiny_model, ds, [(1, 0)], fwd_hooks=batch_hooks, batch_size=3)
+    assert edited == {"right color": pytest.approx(0.0, abs=1e-6), "each wrong color": pytest.approx(0.5)}
+
+
 def test_path_patching_on_gpt2_medium_shape_matches_the_reference(cobj):
     model = load_model("gpt2-medium", weights="random", seed=0, device="cpu")
     ds = cobj.subset(range(2))

@@ -870,7 +870,7 @@ def top_activating_snippets(model, text: str, neurons: Sequence, *, k: int = 3, 
 
     ``neurons``: labels ``"N<layer>.<neuron>"`` (any position suffix is ignored) or Nodes.
     """
-    from .hooks import _StopForward, hook_name
+    from .hooks import StopForward, hook_name
 
     ids = model.to_tokens(text, prepend_bos=False)[0]
     if ids.numel() < 2:
@@ -890,12 +890,12 @@ def top_activating_snippets(model, text: str, neurons: Sequence, *, k: int = 3, 
         def save(t, hook):
             store[hook.name] = t.detach()[0].float().cpu()
             if len(store) == len(layers):
-                raise _StopForward  # the layers above are not needed
+                raise StopForward  # the layers above are not needed
 
         try:
             model.run_with_hooks(piece[None].to(model.cfg.device),
                                  fwd_hooks=[(hook_name("post", L), save) for L in layers])
-        except _StopForward:
+        except StopForward:
             pass
         for L in layers:
             acts[L].append(store[hook_name("post", L)])

@@ -35,6 +35,7 @@ __all__ = [
     "capture",
     "logits_at_positions",
     "activations_at",
+    "StopForward",
     "folded_layer_norm",
 ]
 
@@ -198,8 +199,9 @@ def capture(model, tokens, names: Iterable[str], *, fwd_hooks: Sequence = ()) ->
     return logits, store
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass early (caught by :func:`logits_at_positions`)."""
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass early: the caller catches it once the
+    activations it needs are stored (as :func:`logits_at_positions` does)."""
 
 
 @torch.no_grad()
@@ -219,11 +221,11 @@ def logits_at_positions(model, tokens, positions: Any = None, *, fwd_hooks: Sequ
 
     def grab(resid, hook):
         store["resid"] = resid
-        raise _StopForward
+        raise StopForward
 
     try:
         model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, ("ln_final.hook_in", grab)])
-    except _StopForward:
+    except StopForward:
         pass
     if "resid" not in store:
         raise RuntimeError("logits_at_positions: the model has no 'ln_final.hook_in' hook point")
@@ -255,11 +257,11 @@ def activations_at(model, tokens, name: str, positions, *, batch_size: int = 256
 
         def grab(t, hook):
             store["t"] = t
-            raise _StopForward
+            raise StopForward
 
         try:
             model.run_with_hooks(part, fwd_hooks=[(name, grab)])
-        except _StopForward:
+        except StopForward:
             pass
         if "t" not in store:
             raise ValueError(f"activations_at: the model has no hook point {name!r}")

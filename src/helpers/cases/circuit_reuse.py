@@ -268,19 +268,39 @@ def circuit_stages(model, clean: PromptSet, corrupt: PromptSet, roles: Circuit, 
 
 
 @torch.no_grad()
-def mover_color_attention(model, ds: ColoredObjects, movers, *, fwd_hooks=()) -> dict[str, float]:
-    """Mean attention of the ``movers`` from END to the right color and to each wrong one."""
-    from ..hooks import capture, hook_name
+def mover_color_attention(model, ds: ColoredObjects, movers, *, fwd_hooks=(), batch_size: int = 50) -> dict[str, float]:
+    """Mean attention of the ``movers`` from END to the right color and to each wrong one.
+
+    ``fwd_hooks`` as in :func:`accuracies` (a list, or a function of the prompt indices of a
+    batch). Runs ``batch_size`` prompts at a time and stops each pass after the last mover's
+    layer, keeping only the END rows: memory stays at one batch's activations, never the
+    ``[n, seq, d_vocab]`` logits."""
+    from ..hooks import StopForward, hook_name
 
     layers = sorted({L for L, _ in movers})
-    _, acts = capture(model, ds.tokens, [hook_name("pattern", L) for L in layers], fwd_hooks=fwd_hooks)
-    rows = torch.arange(len(ds))
+    names = [hook_name("pattern", L) for L in layers]
     end = ds.positions["END"]
-    right, wrong = [], []
-    for L, h in movers:
-        row = acts[hook_name("pattern", L)][rows, h, end].cpu()  # [n, seq]
-        at = row[:, list(COLOR_POSITIONS)]  # [n, 3]
-        mask = torch.nn.functional.one_hot(ds.asked, 3).bool()
-        right.append(at[mask].mean())
-        wrong.append(at[~mask].mean())
+    mask = torch.nn.functional.one_hot(ds.asked, 3).bool()  # [n, 3]: the asked color
+    at = {head: [] for head in movers}  # per mover: [batch, 3] attention to the three colors
+    for start in range(0, len(ds), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(ds)))
+        hooks = list(fwd_hooks(idx) if callable(fwd_hooks) else fwd_hooks)
+        rows = torch.arange(len(idx))
+        seen: list[str] = []
+
+        def grab(t, hook, _rows=rows, _end=end[idx], _seen=seen):
+            L = int(hook.name.split(".")[1])
+            for head in movers:
+                if head[0] == L:
+                    at[head].append(t[_rows, head[1], _end][:, list(COLOR_POSITIONS)].cpu())
+            _seen.append(hook.name)
+            if len(_seen) == len(names):
+                raise StopForward
+
+        try:
+            model.run_with_hooks(ds.tokens[idx].to(model.cfg.device), fwd_hooks=hooks + [(n, grab) for n in names])
+        except StopForward:
+            pass
+    right = [torch.cat(at[head])[mask].mean() for head in movers]
+    wrong = [torch.cat(at[head])[~mask].mean() for head in movers]
     return {"right color": torch.stack(right).mean().item(), "each wrong color": torch.stack(wrong).mean().item()}
