@@ -1,12 +1,13 @@
 """Benchmark: fast path patching (helpers.path_patch) vs the plain reference.
 
 Runs both implementations, one after the other in one process, on the GPT-2-small stand-in
-(GPT-2's architecture with seeded random weights; no network), on IOI prompts (p_IOI vs
-p_ABC). Two receiver settings:
+(GPT-2's architecture with seeded random weights; no network; ``--model gpt2-medium`` for
+the medium one), on IOI prompts (p_IOI vs p_ABC). Two receiver settings:
 
-1. the final residual stream (logits), every one of the 144 heads a sender;
-2. the queries of name-mover-style heads 9.9, 9.6 and 10.0 (senders in layers 10-11 have no
-   path to them and are NaN in both results).
+1. the final residual stream (logits), every head a sender;
+2. the queries of three mover heads (small: 9.9, 9.6, 10.0; medium: the first three movers
+   of ``helpers.cases.circuit_reuse.MEDIUM_ROLES``); senders at or after their layers have
+   no path to them and are NaN in both results.
 
 Senders are patched at every position by default (``--sender-positions end`` for END only).
 The metric is the logit difference IO - S at END, as a ``LogitDiffMetric``. Prints the wall
@@ -15,6 +16,7 @@ time of each implementation, the ratio fast/reference, and the max abs differenc
     .venv/bin/python scripts/bench_path_patching.py   # from the repository root (make bench)
     ... scripts/bench_path_patching.py --quick          # 10 prompts, 5 sender layers
     ... scripts/bench_path_patching.py --n-prompts 50
+    ... scripts/bench_path_patching.py --model gpt2-medium --quick
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ def make_prompts(n: int, seed: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["gpt2-small", "gpt2-medium"], default="gpt2-small",
+                        help="stand-in size; on gpt2-medium the query receivers are its movers")
     parser.add_argument("--n-prompts", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="10 prompts, senders in layers 0, 3, 6, 9, 11")
+    parser.add_argument("--quick", action="store_true",
+                        help="10 prompts, senders in 5 layers (0, 1/4, 1/2, 3/4, last: 0, 3, 6, 9, 11 on small)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sender-positions", choices=["all", "end"], default="all")
     parser.add_argument("--only", choices=["logits", "q", "both"], default="both")
@@ -56,13 +61,14 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    model = load_model("gpt2-small", weights="random", seed=args.seed, device="cpu")
-    print(f"model: gpt2-small stand-in (random weights, seed {args.seed}), loaded in {time.perf_counter() - t0:.1f} s")
+    model = load_model(args.model, weights="random", seed=args.seed, device="cpu")
+    print(f"model: {args.model} stand-in (random weights, seed {args.seed}), loaded in {time.perf_counter() - t0:.1f} s")
     clean, corrupt, answer, wrong, end = make_prompts(n, args.seed)
     print(f"prompts: {n} x {clean.shape[1]} tokens, IOI p_IOI vs p_ABC; torch threads: {torch.get_num_threads()}")
     metric = LogitDiffMetric(answer, wrong, end)
     senders = all_heads(model)
-    layers = (0, 3, 6, 9, 11) if args.quick else None
+    n_layers = model.cfg.n_layers
+    layers = tuple(sorted({0, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers - 1})) if args.quick else None
     if args.sender_layers:
         layers = tuple(int(x) for x in args.sender_layers.split(","))
     if layers is not None:
@@ -77,7 +83,14 @@ def main() -> None:
     if args.only in ("logits", "both"):
         settings.append(("final residual (logits)", dict(receivers="logits")))
     if args.only in ("q", "both"):
-        settings.append(("queries of 9.9, 9.6, 10.0", dict(receivers=[(9, 9), (9, 6), (10, 0)], receiver_input="q")))
+        if args.model == "gpt2-small":
+            movers = [(9, 9), (9, 6), (10, 0)]
+        else:
+            from helpers.cases.circuit_reuse import MEDIUM_ROLES
+
+            movers = MEDIUM_ROLES.heads("mover")[:3]
+        label = "queries of " + ", ".join(f"{L}.{h}" for L, h in movers)
+        settings.append((label, dict(receivers=movers, receiver_input="q")))
 
     rows = []
     for label, kw in settings:
