@@ -27,6 +27,7 @@ times, the ratio casebook / TransformerLens and the largest absolute difference.
     PYTHONPATH=src .venv/bin/python scripts/bench_activation_patching.py --model gpt2-medium --n-prompts 20
     ... --only heads,resid      --by-pos-columns 4      --copies 2
     ... --engine start_at_layer   (force the bridge-forward fallback: to see why it is not used)
+    ... --no-kv-cache             (run every position: to see what the position cut saves)
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=1, help="configurations stacked per pass in the casebook's sweeps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--engine", choices=["blocks", "start_at_layer"], default="blocks")
+    parser.add_argument("--no-kv-cache", action="store_true",
+                        help="run every position of every configuration (no key-value cache for the positions before the patch)")
     args = parser.parse_args()
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SWEEPS)
@@ -83,6 +86,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.engine != "blocks":
         _sweeps.FORCE_MODE = args.engine
+    if args.no_kv_cache:
+        _sweeps.USE_KV_CACHE = False
 
     from importlib.metadata import version
 
@@ -101,7 +106,7 @@ def main() -> None:
         f"prompts: {batch} IOI prompts (p_IOI clean, p_ABC corrupted), padded to {seq} tokens; "
         f"metric: logit diff IO - S at END; transformer-lens {version('transformer-lens')}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; casebook engine: {args.engine}, "
-        f"copies: {args.copies}"
+        f"copies: {args.copies}, key-value cache for unpatched positions: {not args.no_kv_cache}"
     )
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     cols = sorted({round(i * (seq - 1) / args.by_pos_columns) for i in range(1, args.by_pos_columns + 1)})

@@ -263,3 +263,66 @@ def test_the_bridge_forward_fallback_gives_the_same_values(planted, monkeypatch)
     assert torch.allclose(patch_heads(m, planted.clean, planted.corrupt, metric), blocks, atol=TOL)
     again = patch_resid_by_position(m, planted.clean, planted.corrupt, metric, hook="resid_mid")
     assert torch.allclose(again, resid, atol=TOL)
+
+
+def _positions_run(model, fn) -> list[tuple[int, int]]:
+    """(block index, positions in its input) of every block execution during ``fn()``."""
+    seen = []
+
+    def note(mod, args, kwargs, i):
+        x = args[0] if args else kwargs["hidden_states"]
+        seen.append((i, x.shape[1]))
+
+    handles = [
+        b.register_forward_pre_hook(lambda mod, a, kw, i=i: note(mod, a, kw, i), with_kwargs=True)
+        for i, b in enumerate(model.blocks)
+    ]
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_a_patch_at_column_p_runs_positions_from_p_only():
+    """By position: the columns before the patched one are read from the key-value cache."""
+    task = big_task()
+    m = task.model
+    metric = metrics(task)["ld"]
+    seq = task.clean.shape[1]
+    # head 1.2 at column 3 only: blocks 1 and 2 run on positions 3..6 (cut after the last END)
+    seen = _positions_run(m, lambda: patch_heads_by_position(m, task.clean, task.corrupt, metric, heads=[(1, 2)], positions=[3]))
+    runs = seen[-2:]  # after the two captures and the self-check
+    assert runs == [(1, seq - 3), (2, seq - 3)], seen
+    # every head at every position starts at the first column where any prompt differs (0 here)
+    seen = _positions_run(m, lambda: patch_heads(m, task.clean, task.corrupt, metric, heads=[(2, 0)]))
+    assert seen[-1] == (2, seq), seen
+    # the corrupted prompts of the planted-free big task differ first at column 2 once prompt 0 is dropped
+    seen = _positions_run(m, lambda: patch_heads(m, task.clean[1:], task.corrupt[1:], LogitDiffMetric(task.answer[1:], task.wrong[1:], task.end[1:]), heads=[(2, 0)]))
+    assert seen[-1] == (2, seq - 2), seen
+
+
+@pytest.mark.parametrize("direction", [NOISE, DENOISE])
+def test_the_key_value_cache_changes_no_value(planted, monkeypatch, direction):  # noqa: F811
+    """Every sweep gives the same values with the position cut switched off."""
+    from helpers import _sweeps
+
+    task = big_task()
+    m = task.model
+    ms = metrics(task)
+    cols = [1, 3, 6]
+
+    def all_sweeps():
+        out = []
+        for mt in ms.values():
+            out.append(patch_heads(m, task.clean, task.corrupt, mt, direction=direction))
+            out.append(patch_heads_by_position(m, task.clean, task.corrupt, mt, direction=direction, positions=cols)[:, cols])
+            out.append(patch_resid_by_position(m, task.clean, task.corrupt, mt, direction=direction, hook="resid_mid"))
+            out.append(patch_resid_by_layer(m, task.clean, task.corrupt, mt, direction=direction, positions=task.end))
+        return out
+
+    cut = all_sweeps()
+    monkeypatch.setattr(_sweeps, "USE_KV_CACHE", False)
+    for a, b in zip(cut, all_sweeps()):
+        assert torch.allclose(a, b, atol=TOL, rtol=TOL)

@@ -20,13 +20,24 @@ less, and stays exact:
   of similar metric position, each cut after its last one (``_partition``; IOI prompts are
   right-padded to the longest, ~19% of the token grid is padding). Other metrics get full
   logits, one group.
+* **Start where the patch starts, in positions too.** A patch changes nothing before the
+  first (prompt, position) where it puts in a different activation (an earlier position of
+  the source run is the target's own when the prompts agree up to there). Positions before
+  that column are not run again: each block's attention reads their keys and values from
+  the target run, through the bridge's own key-value cache path (``past_key_values``, a
+  ``transformers`` ``DynamicCache``, the path ``generate`` uses), so a patch at column
+  ``p`` runs ``seq − p`` positions. This is what makes by-position sweeps and the layer
+  sweep at END cheap; a patch at every position still starts at the prompts' first
+  differing token.
 * **Skip what patches nothing.** Where every patched (prompt, position) of a group precedes
   that prompt's first token that differs between the two runs, the source's activation is
   the target's own: the group keeps its unpatched rows without a run, and a configuration
   that touches no group is the unpatched metric.
 
 Every sweep starts with two checks on the model: the last block run from the cached residual
-must reproduce the cached final residual (else the bridge-forward fallback is used), and the
+(its second half of positions, the first half read from the key-value cache) must reproduce
+the cached final residual (else the cache is not used; if the last block alone does not
+reproduce it either, the bridge-forward fallback is used), and the
 scorer's unpatched value must equal the metric of the library's full logits (else full
 logits are used throughout).
 
@@ -35,7 +46,9 @@ is supported but off by default: once passes start at the patched layer it did n
 2-core CPU (``scripts/bench_activation_patching.py --copies``). Memory: the target's
 ``resid_pre`` at the needed layers plus the source's patched activations, each
 ``[batch, seq, d_model]`` per layer (GPT-2 medium, 100 prompts × 20 tokens: ~8 MB a layer,
-~0.4 GB for a whole-model sweep), and one configuration's activations at a time.
+~0.4 GB for a whole-model sweep), the target's keys and values from the first patched layer
+on (twice that; above ``KV_CACHE_BYTES`` the position cut is off and they are not kept), and
+one configuration's activations at a time.
 """
 
 from __future__ import annotations
@@ -49,8 +62,12 @@ import torch
 from .hooks import hook_name
 from .metrics import LogitDiffMetric, PositionMetric, metric_positions, metric_scalar
 
+FINAL = hook_name("final_resid")  # the residual after the last block
+
 Site = str  # "z" (a head's hook_z), "resid_pre", "resid_mid", "resid_post"
 FORCE_MODE: str | None = None  # "start_at_layer" forces the fallback (benchmarks and tests)
+USE_KV_CACHE = True  # False: every configuration runs all positions (benchmarks and tests)
+KV_CACHE_BYTES = 2 * 2**30  # most memory the target's keys and values may take
 
 
 @dataclass(frozen=True)
@@ -140,6 +157,7 @@ class _Part:
         self.rows = torch.arange(self.n, device=idx.device)
         self.resid: dict[int, torch.Tensor] = {}
         self.src: dict[str, torch.Tensor] = {}
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer: [n, heads, cut, d_head] each
 
     def mask(self, c: Config) -> torch.Tensor:
         return c.mask[self.idx, : self.cut]
@@ -149,6 +167,15 @@ class _Part:
         first token that differs between the runs: the source's activation there is the
         target's own (or the position is cut: it cannot reach the metric)."""
         return bool((self.mask(c) & self.differs).any())
+
+    def first_column(self, group: Sequence[Config]) -> int:
+        """The first column where some configuration of ``group`` puts in a different
+        activation for some prompt of this group: earlier columns need not run again."""
+        live = torch.zeros(self.cut, dtype=torch.bool, device=self.idx.device)
+        for c in group:
+            live |= (self.mask(c) & self.differs).any(0)
+        hit = live.nonzero()
+        return int(hit[0]) if len(hit) else self.cut
 
 
 class _Engine:
@@ -176,18 +203,29 @@ class _Engine:
             self.direction = (model.W_U[:, answer] - model.W_U[:, wrong]).T  # [batch, d_model]
             self.bias = model.b_U[answer] - model.b_U[wrong]
         self.mode = "blocks"
+        self.use_kv = USE_KV_CACHE
 
     # ---- captures ------------------------------------------------------------------
 
     def prepare(self, configs: Sequence[Config]) -> None:
         n = self.n_layers
         starts = sorted({_start_layer(c) for c in configs} | {n - 1})
-        names = [f"blocks.{L}.hook_resid_pre" for L in starts if L < n]
-        acts = _capture(self.model, self.target, names, until="ln_final.hook_in")
-        final = acts["ln_final.hook_in"]
+        names = [hook_name("resid_pre", L) for L in starts if L < n]
+        kv_layers = list(range(min(starts), n))
+        d_model = self.model.cfg.d_model
+        kv_bytes = 2 * len(kv_layers) * self.batch * self.seq * d_model * self.model.W_U.element_size()
+        if FORCE_MODE or kv_bytes > KV_CACHE_BYTES:
+            self.use_kv = False
+        if self.use_kv:
+            names += [hook_name(kind, L) for L in kv_layers for kind in ("k", "v")]
+        acts = _capture(self.model, self.target, names, until=FINAL)
+        final = acts[FINAL]
         src_names = sorted({_hook_name(c.layer, c.site) for c in configs}, key=_order)
         src = _capture(self.model, self.source, src_names) if src_names else {}
-        self._check_blocks(acts[f"blocks.{n - 1}.hook_resid_pre"], final)
+        kv = {}
+        if self.use_kv:  # hook_k / hook_v are [batch, seq, heads, d_head]; the cache wants heads first
+            kv = {L: (acts.pop(hook_name("k", L)).transpose(1, 2), acts.pop(hook_name("v", L)).transpose(1, 2)) for L in kv_layers}
+        self._check_blocks(acts[hook_name("resid_pre", n - 1)], final, kv.get(n - 1))
         library = metric_scalar(self.metric(self.model.unembed(self.model.ln_final(final))))
         if self.kind != "full":
             self.base_rows = final[self.rows, self.mpos]  # [batch, d]
@@ -203,21 +241,38 @@ class _Engine:
         self.parts = []
         for idx, cut in groups:
             part = _Part(idx.to(self.rows.device), cut, self.differs, self.mpos)
-            part.resid = {L: acts[f"blocks.{L}.hook_resid_pre"][idx, :cut] for L in starts if L < n}
+            part.resid = {L: acts[hook_name("resid_pre", L)][idx, :cut] for L in starts if L < n}
             part.resid[n] = final[idx, :cut]
             part.src = {k: v[idx, :cut] for k, v in src.items()}
+            part.kv = {L: (k[idx, :, :cut], v[idx, :, :cut]) for L, (k, v) in kv.items()}
             self.parts.append(part)
 
-    def _check_blocks(self, resid_last: torch.Tensor, final: torch.Tensor) -> None:
-        """Run the last block from the cached residual: does it reproduce the full run?"""
-        got = self._blocks(resid_last, self.n_layers - 1, [])
-        if FORCE_MODE or not torch.allclose(got, final, rtol=1e-4, atol=1e-4 * float(final.abs().max())):
-            self.mode = FORCE_MODE or "start_at_layer"
+    def _check_blocks(self, resid_last: torch.Tensor, final: torch.Tensor, kv_last=None) -> None:
+        """Run the last block from the cached residual: does it reproduce the full run? First
+        with the first half of the positions read from the key-value cache; if that fails,
+        without the cache; if that fails too, the bridge-forward fallback is used."""
+        last = self.n_layers - 1
+
+        def same(got, want):
+            return torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+        if FORCE_MODE:
+            self.mode, self.use_kv = FORCE_MODE, False
+            return
+        if self.use_kv and kv_last is not None:
+            s = self.seq // 2
+            cache = _kv_cache({last: (kv_last[0][:, :, :s], kv_last[1][:, :, :s])}, last, 1)
+            if same(self._blocks(resid_last[:, s:], last, [], cache), final[:, s:]):
+                return
+        self.use_kv = False
+        if not same(self._blocks(resid_last, last, []), final):
+            self.mode = "start_at_layer"
 
     # ---- running -------------------------------------------------------------------
 
-    def _blocks(self, x: torch.Tensor, start: int, fwd_hooks) -> torch.Tensor:
-        """The residual after the last block, running the bridge's blocks ``start …``."""
+    def _blocks(self, x: torch.Tensor, start: int, fwd_hooks, cache=None) -> torch.Tensor:
+        """The residual after the last block, running the bridge's blocks ``start …``;
+        ``cache``: the keys and values of the positions before ``x``'s (``_kv_cache``)."""
         if start >= self.n_layers:
             return x
         model = self.model
@@ -229,13 +284,13 @@ class _Engine:
                 raise _Stop
 
             try:
-                model.run_with_hooks(x, start_at_layer=start, fwd_hooks=[*fwd_hooks, ("ln_final.hook_in", grab)])
+                model.run_with_hooks(x, start_at_layer=start, fwd_hooks=[*fwd_hooks, (FINAL, grab)])
             except _Stop:
                 pass
             return out["x"]
         with model.hooks(fwd_hooks=list(fwd_hooks)):
             for block in model.blocks[start:]:
-                y = block(x)
+                y = block(x) if cache is None else block(x, past_key_values=cache)
                 x = y[0] if isinstance(y, tuple) else y
         return x
 
@@ -253,34 +308,36 @@ class _Engine:
         logits = self.model.unembed(self.model.ln_final(final)).view(k, self.batch, self.seq, -1)
         return [metric_scalar(self.metric(logits[i])) for i in range(k)]
 
-    def _start(self, part: _Part, L: int, group: Sequence[Config]) -> torch.Tensor:
-        """The stacked residual entering layer ``L``, with resid_pre/resid_post patches applied."""
+    def _start(self, part: _Part, L: int, group: Sequence[Config], s: int) -> torch.Tensor:
+        """The stacked residual entering layer ``L`` at positions ``s …``, with
+        resid_pre/resid_post patches applied."""
         k = len(group)
-        x = part.resid[L]
+        x = part.resid[L][:, s:]
         x = x.repeat(k, 1, 1) if k > 1 else x.clone()
-        view = x.view(k, part.n, part.cut, -1)
+        view = x.view(k, part.n, part.cut - s, -1)
         for i, c in enumerate(group):
             if c.site in ("resid_pre", "resid_post"):
-                src = part.src[_hook_name(c.layer, c.site)]
-                view[i] = torch.where(part.mask(c)[..., None], src, view[i])
+                src = part.src[_hook_name(c.layer, c.site)][:, s:]
+                view[i] = torch.where(part.mask(c)[:, s:, None], src, view[i])
         return x
 
-    def _hooks(self, part: _Part, group: Sequence[Config]):
-        """Hooks patching ``hook_z`` / ``resid_mid`` for each copy of the stacked batch."""
+    def _hooks(self, part: _Part, group: Sequence[Config], s: int):
+        """Hooks patching ``hook_z`` / ``resid_mid`` (positions ``s …``) for each copy of the
+        stacked batch."""
         by_name: dict[str, list[tuple[int, Config]]] = {}
         for i, c in enumerate(group):
             if c.site in ("z", "resid_mid"):
                 by_name.setdefault(_hook_name(c.layer, c.site), []).append((i, c))
-        k, n, cut = len(group), part.n, part.cut
+        k, n, cut = len(group), part.n, part.cut - s
         hooks = []
         for name, items in by_name.items():
-            src = part.src[name]
+            src = part.src[name][:, s:]
 
             def patch(t, hook, _items=items, _src=src):
                 t = t.clone()
                 view = t.view(k, n, cut, *t.shape[2:])
                 for i, c in _items:
-                    m = part.mask(c)[..., None]
+                    m = part.mask(c)[:, s:, None]
                     if c.site == "z":
                         view[i, :, :, c.head] = torch.where(m, _src[:, :, c.head], view[i, :, :, c.head])
                     else:
@@ -290,21 +347,35 @@ class _Engine:
             hooks.append((name, patch))
         return hooks
 
+    def _final(self, part: _Part, L: int, group: Sequence[Config]) -> tuple[torch.Tensor, int]:
+        """(final residual ``[k · n, cut − s, d]`` of the group's configurations, ``s``): the
+        run from layer ``L``, positions ``s …`` only (earlier ones from the key-value cache)."""
+        s = part.first_column(group) if self.use_kv else 0
+        s = min(s, part.cut - 1)
+        cache = _kv_cache(part.kv, L, len(group), s) if s > 0 else None
+        x = self._blocks(self._start(part, L, group, s), L, self._hooks(part, group, s), cache)
+        return x, s
+
     def _run_group(self, L: int, group: Sequence[Config]) -> list[float]:
         """Values of up to ``copies`` configurations starting at layer ``L``, run together."""
+        k = len(group)
         if self.kind == "full":
             part = self.parts[0]
-            return self._score_full(self._blocks(self._start(part, L, group), L, self._hooks(part, group)))
-        rows = self.base_rows[None].repeat(len(group), 1, 1)  # untouched prompts keep their rows
+            final, s = self._final(part, L, group)
+            if s > 0:  # the positions before s are the target's own
+                final = torch.cat([part.resid[self.n_layers][:, :s].repeat(k, 1, 1), final], 1)
+            return self._score_full(final)
+        rows = self.base_rows[None].repeat(k, 1, 1)  # untouched prompts keep their rows
         for part in self.parts:
             live = [i for i, c in enumerate(group) if part.touched(c)]
             if not live:
                 continue
             sub = [group[i] for i in live]
-            final = self._blocks(self._start(part, L, sub), L, self._hooks(part, sub))
-            got = final.view(len(sub), part.n, part.cut, -1)[:, part.rows, part.mpos]  # [s, n, d]
+            final, s = self._final(part, L, sub)
+            reached = part.mpos >= s  # a metric row before s is the target's own
+            got = final.view(len(sub), part.n, part.cut - s, -1)[:, part.rows[reached], part.mpos[reached] - s]
             for a, i in enumerate(live):
-                rows[i, part.idx] = got[a]
+                rows[i, part.idx[reached]] = got[a]
         return self._score_rows(rows)
 
     @torch.no_grad()
@@ -339,6 +410,25 @@ class _Engine:
         if bar is not None:
             bar.close()
         return values  # type: ignore[return-value]
+
+
+def _kv_cache(kv: dict, start: int, copies: int, s: int | None = None):
+    """A ``transformers`` ``DynamicCache`` holding layers ``start …`` keys and values
+    (``kv[L]``, ``[n, heads, pos, d_head]``), positions ``:s``, repeated ``copies`` times
+    along the batch: what the bridge's attention concatenates its new positions to."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for L in sorted(kv):
+        if L < start:
+            continue
+        k, v = kv[L]
+        if s is not None:
+            k, v = k[:, :, :s], v[:, :, :s]
+        if copies > 1:
+            k, v = k.repeat(copies, 1, 1, 1), v.repeat(copies, 1, 1, 1)
+        cache.update(k, v, L)
+    return cache
 
 
 def _order(name: str) -> tuple[int, int]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .hooks import hook_name
+
 __all__ = ["dla", "dla_by_layer", "dla_by_head", "head_direct_effects"]
 
 
@@ -67,7 +69,7 @@ def dla(
     rows = torch.arange(batch)
     stack = stack[:, rows, pos_index.to(stack.device)]  # [component, batch, d_model]
     # The final-LN scale at those positions, via the cache's own LN handling.
-    scale = cache["ln_final.hook_scale"][rows, pos_index.to(stack.device)]  # [batch, 1]
+    scale = cache[hook_name("final_scale")][rows, pos_index.to(stack.device)]  # [batch, 1]
     stack = stack - stack.mean(-1, keepdim=True)
     stack = stack / scale
     direction = _logit_direction(model, answer, wrong).to(stack.device)
@@ -114,7 +116,7 @@ def head_direct_effects(model, tokens, rows, positions, answers, *, batch_size: 
     if int(rows.max()) >= tokens.shape[0] or int(positions.max()) >= tokens.shape[1] or int(positions.min()) < 0:
         raise ValueError("a (row, position) pair lies outside tokens")
     n_layers = model.cfg.n_layers
-    names = [hook_name("z", L) for L in range(n_layers)] + ["ln_final.hook_scale"]
+    names = [hook_name("z", L) for L in range(n_layers)] + [hook_name("final_scale")]
     z_rows, scales = [], []
     for start in range(0, tokens.shape[0], batch_size):
         chunk = torch.arange(start, min(start + batch_size, tokens.shape[0]))
@@ -125,7 +127,7 @@ def head_direct_effects(model, tokens, rows, positions, answers, *, batch_size: 
         r, p = rows[sel] - start, positions[sel]
         z = torch.stack([cache[hook_name("z", L)][r, p] for L in range(n_layers)], 1)  # [k, L, H, e]
         z_rows.append((sel, z.float().cpu()))
-        scales.append((sel, cache["ln_final.hook_scale"][r, p].reshape(-1).float().cpu()))
+        scales.append((sel, cache[hook_name("final_scale")][r, p].reshape(-1).float().cpu()))
     z = torch.empty((m,) + z_rows[0][1].shape[1:])
     scale = torch.empty(m)
     for (sel, zz), (_, ss) in zip(z_rows, scales):

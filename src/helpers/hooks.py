@@ -44,7 +44,8 @@ def hook_name(kind: str, layer: int | None = None) -> str:
     """The TransformerLens hook name of activation ``kind`` in ``layer``.
 
     ``hook_name("z", 9)`` → ``"blocks.9.attn.hook_z"``; ``hook_name("resid_pre", 3)`` →
-    ``"blocks.3.hook_resid_pre"``; ``hook_name("embed")`` → ``"hook_embed"``. Kinds are
+    ``"blocks.3.hook_resid_pre"``; ``hook_name("embed")`` → ``"hook_embed"``;
+    ``hook_name("final_resid")`` → ``"ln_final.hook_in"`` (the residual after the last block). Kinds are
     TransformerLens's short names (``q``, ``k``, ``v``, ``z``, ``pattern``, ``result``,
     ``attn_out``, ``mlp_out``, ``post`` (MLP neurons), ``resid_pre``/``mid``/``post``, ...),
     resolved by ``transformer_lens.utilities.get_act_name``: no hook name is written by hand.
@@ -54,13 +55,18 @@ def hook_name(kind: str, layer: int | None = None) -> str:
     if kind in _GLOBAL_HOOKS:
         if layer is not None:
             raise ValueError(f"{kind!r} is not per layer; call hook_name({kind!r}) without a layer")
-        return f"hook_{kind}"
+        return _GLOBAL_HOOKS[kind]
     if layer is None:
         raise ValueError(f"hook_name({kind!r}) needs a layer")
     return get_act_name(kind, int(layer))
 
 
-_GLOBAL_HOOKS = ("embed", "pos_embed")
+_GLOBAL_HOOKS = {
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+    "final_resid": "ln_final.hook_in",  # the residual stream after the last block (the bridge's name)
+    "final_scale": "ln_final.hook_scale",  # the final LayerNorm's scale, [batch, pos, 1]
+}
 
 
 def resid_hook(layer: int, hook: str) -> str:

@@ -3,8 +3,12 @@
 **The primitive.** :func:`replace_z_hooks` turns "replace the heads' outputs ``z`` at these
 nodes by these values" into ``hook_z`` hooks; a *node* is one (prompt, position, layer,
 head), given as a ``[batch, seq, n_layers, n_heads]`` bool mask (:func:`node_mask` builds it
-from ``{(layer, head): positions}``). Patching from a source run, mean ablation
-(:mod:`helpers.ablation`) and the circuit evaluator differ only in the values.
+from ``{(layer, head): positions}``). Patching from a source run (:func:`run_with_patches`),
+mean ablation (:mod:`helpers.ablation`) and the circuit evaluator differ only in the values.
+The sweeps below do not go through it: their engine (:mod:`helpers._sweeps`) runs many
+configurations from a cached layer and writes one head's ``z`` per configuration inside its
+own passes; the tests check every sweep against :func:`run_with_patches`, one plain forward
+pass per configuration.
 
 **Sweeps.** One run is the *target*, the other the *source*; each component in turn gets the
 source's activation in the target's run and the metric of the result is recorded:
