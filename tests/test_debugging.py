@@ -309,6 +309,117 @@ def test_residual_sae_falls_back_to_a_labelled_untrained_autoencoder(tiny_model)
     assert tuple(sae.W_dec.shape) == (32, tiny_model.cfg.d_model)
 
 
+def _write_sae_folder(root, hook, d_in, d_sae, *, cfg=None, extra=None, seed=0):
+    """A fake SAE in the hub's layout: ``<root>/<hook>/cfg.json`` and ``sae_weights.safetensors``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    weights = {"W_enc": torch.randn(d_in, d_sae, generator=g), "b_enc": torch.randn(d_sae, generator=g),
+               "W_dec": torch.randn(d_sae, d_in, generator=g), "b_dec": torch.randn(d_in, generator=g),
+               **(extra or {})}
+    folder = root / hook
+    folder.mkdir(parents=True)
+    save_file(weights, str(folder / "sae_weights.safetensors"))
+    config = {"d_in": d_in, "d_sae": d_sae, "hook_name": hook, "activation_fn_str": "relu",
+              "apply_b_dec_to_input": True, "normalize_activations": "none", **(cfg or {})}
+    config = {k: v for k, v in config.items() if v is not None}  # None: leave the key out
+    (folder / "cfg.json").write_text(json.dumps(config))
+    return weights
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """Route the chapter's SAE download to ``tmp_path`` and pretend the model has real weights."""
+    calls = []
+
+    def download(repo_id, filename):
+        calls.append((repo_id, filename))
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(case, "_hub_download", download)
+    monkeypatch.setattr(case, "is_stand_in", lambda model: False)
+    monkeypatch.setattr(case, "hub_available", lambda *a, **k: True)
+    return tmp_path, calls
+
+
+def test_trained_sae_is_read_from_its_hub_files_without_an_sae_library(tiny_model, dbg, fake_hub):
+    root, calls = fake_hub
+    hook = "blocks.1.hook_resid_pre"
+    d = tiny_model.cfg.d_model
+    weights = _write_sae_folder(root, hook, d, 48)
+    sae, text = case.residual_sae(tiny_model, 1)
+    assert isinstance(sae, ReluSAE) and sae.trained and sae.hook_name == hook
+    assert "Trained" in text and "UNTRAINED" not in text and case.SAE_REPO in text
+    assert calls == [(case.SAE_REPO, f"{hook}/cfg.json"), (case.SAE_REPO, f"{hook}/sae_weights.safetensors")]
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(sae, name), weights[name])
+    x = torch.randn(5, d)
+    expected = torch.relu((x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"])
+    torch.testing.assert_close(sae.encode(x), expected)
+    assert (expected > 0).any() and (expected == 0).any()  # the ReLU cuts some latents, not all
+    table, fvu = latent_table(dbg, sae, 1, n=4)
+    assert len(table) == 4 and np.isfinite(fvu)
+
+
+def test_old_style_sae_config_and_scaling_factor(tmp_path):
+    hook = "blocks.0.hook_resid_pre"
+    scale = torch.linspace(0.5, 2.0, 16)
+    weights = _write_sae_folder(tmp_path, hook, 8, 16, extra={"scaling_factor": scale},
+                                cfg={"hook_name": None, "hook_point": hook, "apply_b_dec_to_input": False})
+    sae = ReluSAE.from_files(tmp_path / hook / "cfg.json", tmp_path / hook / "sae_weights.safetensors")
+    assert sae.hook_name == hook and not sae.apply_b_dec_to_input
+    x = torch.randn(3, 8)
+    f = torch.relu(x @ weights["W_enc"] + weights["b_enc"])  # no b_dec subtracted
+    torch.testing.assert_close(sae.encode(x), f)
+    torch.testing.assert_close(sae.decode(f), (f * scale) @ weights["W_dec"] + weights["b_dec"])
+
+
+@pytest.mark.parametrize("cfg,match", [({"activation_fn_str": "topk"}, "activation"),
+                                       ({"normalize_activations": "expected_average_only_in"}, "normalisation"),
+                                       ({"d_sae": 17}, "do not fit")])
+def test_sae_files_this_class_cannot_read_give_one_clear_error(tmp_path, cfg, match):
+    hook = "blocks.0.hook_resid_pre"
+    _write_sae_folder(tmp_path, hook, 8, 16, cfg=cfg)
+    with pytest.raises(ValueError, match=match):
+        ReluSAE.from_files(tmp_path / hook / "cfg.json", tmp_path / hook / "sae_weights.safetensors")
+
+
+def test_sae_of_the_wrong_width_falls_back_before_downloading_the_weights(tiny_model, fake_hub):
+    root, calls = fake_hub
+    _write_sae_folder(root, "blocks.1.hook_resid_pre", tiny_model.cfg.d_model + 1, 16)
+    sae, text = case.residual_sae(tiny_model, 1, d_sae=16)
+    assert not sae.trained and "UNTRAINED" in text and "wide" in text
+    assert [f for _, f in calls] == ["blocks.1.hook_resid_pre/cfg.json"]
+
+
+def test_unreachable_hub_gives_the_untrained_sae_and_says_why(tiny_model, fake_hub, monkeypatch):
+    _, calls = fake_hub
+    monkeypatch.setattr(case, "hub_available", lambda *a, **k: False)
+    sae, text = case.residual_sae(tiny_model, 1, d_sae=16)
+    assert not sae.trained and "not reachable" in text and case.SAE_REPO in text and not calls
+
+
+def test_text_sample_uses_the_pile_when_asked_and_falls_back_to_the_shipped_text(monkeypatch, capsys):
+    from helpers import corpus
+
+    monkeypatch.setattr(corpus, "pile_documents", lambda n, max_chars: [f"pile document {i}" for i in range(n)])
+    text, source = case.load_text_sample(3, use_hub=True)
+    assert text == "pile document 0\n\npile document 1\n\npile document 2" and "Pile" in source
+    assert "Pile" in capsys.readouterr().out
+
+    def offline(n, max_chars):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(corpus, "pile_documents", offline)
+    text, source = case.load_text_sample(3, use_hub=True)
+    out = capsys.readouterr().out
+    assert "no network" in out and "CC0" in source and source in out
+    assert text.startswith(case.sample_text()[:40]) and text.count("\n\n") == 2
+    assert case.load_text_sample(3)[0] == text  # without use_hub: the same shipped paragraphs
+
+
 def test_batched_ablation_effects_equal_one_at_a_time(dbg):
     nodes = list(dbg.table(n=3, kind="head", top_tokens=0).node) + ["N1.5@4", "H0.1"]
     batched = ablation_effects(dbg, nodes, batch=2)

@@ -76,6 +76,32 @@ def test_plain_markdown_turns_directives_into_headings_and_details():
     assert "<details><summary>Hint</summary>" in out and "Look." in out and "````" not in out
 
 
+def _solution_code_cells(nb) -> dict[str, int]:
+    """Per solution label, the code cells tagged ``solution`` between its start and end markers."""
+    counts, label = {}, None
+    for cell in nb.cells:
+        start = re.search(r"\{solution-start\}\s*(\S+)", cell.source) if cell.cell_type == "markdown" else None
+        if start:
+            label = start.group(1)
+            counts[label] = 0
+        elif label and cell.cell_type == "code" and "solution" in cell.metadata.get("tags", []):
+            counts[label] += 1
+        if cell.cell_type == "markdown" and "{solution-end}" in cell.source:
+            label = None
+    return counts
+
+
+def test_solution_code_cells_are_counted_per_label():
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    sol = code("x = 1")
+    sol.metadata["tags"] = ["solution"]
+    nb = nbformat.v4.new_notebook(cells=[
+        md("```{solution-start} a\n:class: dropdown\n```"), md("prose only"), md("```{solution-end}\n```"),
+        md("```{solution-start} b\n:class: dropdown\n```"), sol, md("```{solution-end}\n```"),
+        code("outside any solution")])
+    assert _solution_code_cells(nb) == {"a": 0, "b": 1}
+
+
 @pytest.mark.parametrize("path", WITH_EXERCISES, ids=lambda p: p.stem)
 def test_chapter_exercises_follow_the_pattern(path):
     nb = nbformat.read(path, as_version=4)
@@ -87,6 +113,8 @@ def test_chapter_exercises_follow_the_pattern(path):
     for label in labels:  # every exercise has a folded solution
         assert any(c.cell_type == "markdown" and re.search(r"\{solution-start\}\s*" + re.escape(label), c.source)
                    and ":class: dropdown" in c.source for c in nb.cells), label
+    code = _solution_code_cells(nb)  # every solution executes in the book: one code cell or more
+    assert [label for label in labels if not code.get(label)] == [], code
     assert any(student_notebook_links(path.stem) in c.source for c in nb.cells if c.cell_type == "markdown")
 
 

@@ -274,7 +274,9 @@ def _hooked_run(model, tokens: torch.Tensor, target, ablation: _Ablation | None,
         scale_store["s"] = t.detach()[0, -1].reshape(-1)[0]
         return t
 
-    hooks.append(("ln_final.hook_scale", grab_scale))
+    from .hooks import hook_name
+
+    hooks.append((hook_name("final_scale"), grab_scale))
     with torch.set_grad_enabled(need_grad):
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
         last = logits[0, -1]
@@ -797,16 +799,21 @@ def rank_correlation(x, y) -> float:
 class ReluSAE(torch.nn.Module):
     """A ReLU sparse autoencoder ``f = ReLU((x − b_dec) W_enc + b_enc)``, ``x̂ = f W_dec + b_dec``.
 
-    Same attribute names as sae-lens's SAEs (``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec
-    [d_sae, d_in]``, ``b_dec``). :meth:`untrained` builds one with random weights of a given
-    shape, for showing the pipeline offline: its latents mean nothing.
+    Weights named as in the common SAE file layout (``W_enc [d_in, d_sae]``, ``b_enc``,
+    ``W_dec [d_sae, d_in]``, ``b_dec``). :meth:`from_files` reads a trained one from a
+    ``cfg.json`` and a ``sae_weights.safetensors`` (the layout of Joseph Bloom's GPT-2 SAEs on
+    the Hugging Face hub) without any SAE library; :meth:`untrained` builds one with random
+    weights of a given shape, for showing the pipeline offline: its latents mean nothing.
+    ``apply_b_dec_to_input=False`` drops the ``− b_dec`` before encoding, for SAEs trained so.
     """
 
-    def __init__(self, W_enc, b_enc, W_dec, b_dec, *, hook_name: str, trained: bool):
+    def __init__(self, W_enc, b_enc, W_dec, b_dec, *, hook_name: str, trained: bool,
+                 apply_b_dec_to_input: bool = True):
         super().__init__()
         self.W_enc, self.b_enc, self.W_dec, self.b_dec = W_enc, b_enc, W_dec, b_dec
         self.hook_name = hook_name
         self.trained = trained
+        self.apply_b_dec_to_input = apply_b_dec_to_input
 
     @classmethod
     def untrained(cls, d_in: int, d_sae: int, *, hook_name: str, seed: int = 0) -> "ReluSAE":
@@ -816,8 +823,53 @@ class ReluSAE(torch.nn.Module):
         return cls(W_dec.T.clone(), torch.full((d_sae,), -0.5), W_dec, torch.zeros(d_in),
                    hook_name=hook_name, trained=False)
 
+    @classmethod
+    def from_files(cls, cfg_path, weights_path, *, device="cpu") -> "ReluSAE":
+        """A trained SAE from its ``cfg.json`` and ``sae_weights.safetensors``.
+
+        Reads the config keys of either naming (``hook_name``/``hook_point``,
+        ``activation_fn_str``/``activation_fn``) and refuses, with a clear error, what this
+        class cannot represent: a non-ReLU activation, a non-standard architecture, input
+        normalisation. A per-latent ``scaling_factor`` is folded into ``W_dec``.
+        """
+        import json
+
+        from safetensors.torch import load_file
+
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        act = cfg.get("activation_fn_str", cfg.get("activation_fn", "relu"))
+        arch = cfg.get("architecture", "standard")
+        norm = cfg.get("normalize_activations", "none")
+        if act != "relu" or arch != "standard" or norm not in (None, False, "none"):
+            raise ValueError(
+                f"{cfg_path}: activation {act!r}, architecture {arch!r}, input normalisation "
+                f"{norm!r}; ReluSAE reads only plain ReLU SAEs without input normalisation.")
+        hook = cfg.get("hook_name") or cfg.get("hook_point")
+        if not hook:
+            raise ValueError(f"{cfg_path} names no hook (neither 'hook_name' nor 'hook_point').")
+        state = load_file(str(weights_path), device=str(device))
+        missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") if k not in state]
+        if missing:
+            raise ValueError(f"{weights_path} lacks {missing}; it has {sorted(state)}.")
+        W_enc, b_enc, W_dec, b_dec = (state[k].float() for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
+        d_in, d_sae = W_enc.shape
+        shapes_ok = (tuple(W_dec.shape) == (d_sae, d_in) and b_enc.shape == (d_sae,)
+                     and b_dec.shape == (d_in,))
+        if not shapes_ok or cfg.get("d_in", d_in) != d_in or cfg.get("d_sae", d_sae) != d_sae:
+            raise ValueError(
+                f"{weights_path}: shapes W_enc {tuple(W_enc.shape)}, W_dec {tuple(W_dec.shape)}, "
+                f"b_enc {tuple(b_enc.shape)}, b_dec {tuple(b_dec.shape)} do not fit together "
+                f"or the config's d_in={cfg.get('d_in')}, d_sae={cfg.get('d_sae')}.")
+        if "scaling_factor" in state:  # decode((f * s)) = f @ (s[:, None] * W_dec)
+            W_dec = W_dec * state["scaling_factor"].float()[:, None]
+        return cls(W_enc, b_enc, W_dec, b_dec, hook_name=hook, trained=True,
+                   apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)))
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return torch.relu(x @ self.W_enc + self.b_enc)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec + self.b_dec

@@ -6,19 +6,26 @@ tool, not a paper: it publishes no experimental numbers. What this module holds:
 * the chapter's prompts, each with its target and distractor token (:data:`PROMPTS`), and the
   reference prompts used for mean ablation (:func:`ioi_reference_prompts`: the IOI prompt's
   template with three other names, the IOI chapter's p_ABC);
-* TDB's published specifications and the sae-lens SAE facts the chapter quotes
+* TDB's published specifications and the facts about the residual SAE the chapter quotes
   (:data:`REFERENCES`, from the fact sheet ``papers/transformer_debugger.md``);
 * the IOI heads the chapter looks for, from :data:`helpers.cases.ioi.IOI_CIRCUIT`;
-* :func:`sample_text`: the small text sample for top-activating snippets, written for this
-  book and dedicated to the public domain (CC0 1.0), see ``assets/debugging-sample/``.
+* :func:`residual_sae`: Joseph Bloom's trained residual-stream SAE for GPT-2 small, read
+  straight from its files on the Hugging Face hub into :class:`helpers.ReluSAE` (no SAE
+  library: sae-lens requires TransformerLens < 4), else a labelled untrained stand-in;
+* :func:`load_text_sample`: text for top-activating snippets, the Pile 10k sample from the hub
+  when reachable, else the small sample written for this book and dedicated to the public
+  domain (CC0 1.0), see ``assets/debugging-sample/`` (:func:`sample_text`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib import resources
 
-from ..models import gpt2_tokenizer
+from ..hooks import hook_name
+from ..hub import hub_available
+from ..models import gpt2_tokenizer, is_stand_in
 from ..scorecard import Reference
 from .ioi import IOI_CIRCUIT
 
@@ -30,10 +37,14 @@ __all__ = [
     "NEGATIVE_NAME_MOVERS",
     "S_INHIBITION",
     "SAE_RELEASE",
+    "SAE_REPO",
     "SAE_LAYER",
     "check_prompts",
     "ioi_reference_prompts",
+    "load_residual_sae",
+    "residual_sae",
     "sample_text",
+    "load_text_sample",
     "SAMPLE_LICENSE",
 ]
 
@@ -74,9 +85,12 @@ NAME_MOVERS = IOI_CIRCUIT.heads("name mover")
 NEGATIVE_NAME_MOVERS = IOI_CIRCUIT.heads("negative name mover")
 S_INHIBITION = IOI_CIRCUIT.heads("s-inhibition")
 
-#: The sae-lens release and layer used for "latents instead of neurons" when the hub is
-#: reachable: Joseph Bloom's residual-stream SAEs on GPT-2 small, ``hook_resid_pre`` of layer 8.
+#: The SAE used for "latents instead of neurons" when the hub is reachable: Joseph Bloom's
+#: residual-stream SAEs on GPT-2 small (release name ``gpt2-small-res-jb``), ``hook_resid_pre``
+#: of layer 8. :data:`SAE_REPO` is the hub repository holding them, one folder per hook
+#: (``blocks.8.hook_resid_pre/cfg.json`` and ``sae_weights.safetensors``).
 SAE_RELEASE = "gpt2-small-res-jb"
+SAE_REPO = "jbloom/GPT2-Small-SAEs-Reformatted"
 SAE_LAYER = 8
 
 REFERENCES: dict[str, Reference] = {
@@ -130,32 +144,82 @@ def sample_text() -> str:
     return (folder / "sample.txt").read_text(encoding="utf-8")
 
 
-def residual_sae(model, layer: int = SAE_LAYER, *, d_sae: int = 24576, seed: int = 0):
-    """``(sae, description)``: sae-lens's ``gpt2-small-res-jb`` SAE at ``hook_resid_pre`` of
-    ``layer`` when sae-lens is installed, the model has real weights and the hub answers;
-    otherwise an **untrained** :class:`helpers.ReluSAE` of the same shape (its latents mean
-    nothing; it shows the pipeline). sae-lens is optional: ``pip install sae-lens``.
+def load_text_sample(n_docs: int = 20, *, use_hub: bool = False,
+                     max_chars: int = 2000) -> tuple[str, str]:
+    """``(text, source)`` for top-activating snippets, and print where the text came from.
+
+    ``use_hub``: the first ``n_docs`` documents of the Pile 10k sample (``NeelNanda/pile-10k``,
+    the usual natural-text sample for GPT-2), each cut to ``max_chars``, joined by blank lines;
+    if the hub fails, or without ``use_hub``, the paragraphs of :func:`sample_text`.
+    """
+    from ..corpus import text_sample
+
+    paragraphs = [p.strip() for p in sample_text().split("\n\n") if p.strip()]
+    docs, source = text_sample(paragraphs, n_docs, use_hub=use_hub, max_chars=max_chars,
+                               shipped_name="the book's own text sample (CC0, assets/debugging-sample)")
+    text = "\n\n".join(docs)
+    print(f"Text sample: {source}, {len(docs)} documents, {len(text):,} characters.")
+    return text, source
+
+
+def _hub_download(repo_id: str, filename: str) -> str:
+    """Local path of ``filename`` in hub repository ``repo_id`` (downloaded once, then cached)."""
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id=repo_id, filename=filename)
+
+
+def load_residual_sae(layer: int = SAE_LAYER, *, d_in: int | None = None, device="cpu"):
+    """Joseph Bloom's trained residual SAE at ``hook_resid_pre`` of ``layer``, as a
+    :class:`helpers.ReluSAE`, read from :data:`SAE_REPO` on the Hugging Face hub.
+
+    Downloads ``blocks.<layer>.hook_resid_pre/cfg.json`` first and, if ``d_in`` is given and
+    the config's input width differs, raises before fetching the weights (≈150 MB).
     """
     from ..debugger import ReluSAE
-    from ..hub import hub_available
-    from ..models import is_stand_in
 
-    hook = f"blocks.{layer}.hook_resid_pre"
-    reason = None
+    hook = hook_name("resid_pre", layer)
+    cfg_path = _hub_download(SAE_REPO, f"{hook}/cfg.json")
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg_d_in = json.load(f).get("d_in")
+    if d_in is not None and cfg_d_in is not None and cfg_d_in != d_in:
+        raise ValueError(f"the SAE reads a {cfg_d_in}-wide residual stream (GPT-2 small); "
+                         f"this model's is {d_in} wide")
+    sae = ReluSAE.from_files(cfg_path, _hub_download(SAE_REPO, f"{hook}/sae_weights.safetensors"),
+                             device=device)
+    if sae.hook_name != hook:
+        raise ValueError(f"{SAE_REPO}/{hook}/cfg.json says hook {sae.hook_name!r}, not {hook!r}")
+    return sae
+
+
+def residual_sae(model, layer: int = SAE_LAYER, *, d_sae: int = 24576, seed: int = 0):
+    """``(sae, description)``: the trained ``gpt2-small-res-jb`` SAE at ``hook_resid_pre`` of
+    ``layer`` (:func:`load_residual_sae`) when the model has real weights and the hub answers;
+    otherwise an **untrained** :class:`helpers.ReluSAE` of the same shape (its latents mean
+    nothing; it shows the pipeline), with a description that says why.
+    """
+    from ..debugger import ReluSAE
+
+    hook = hook_name("resid_pre", layer)
     if is_stand_in(model):
         reason = "the model is the stand-in (random weights), so a trained SAE would not fit it"
+    elif not hub_available(SAE_REPO):
+        reason = (f"the Hugging Face hub is not reachable from here, so the SAE's files "
+                  f"({SAE_REPO}, folder {hook}/) cannot be downloaded")
     else:
         try:
-            from sae_lens import SAE
-        except ImportError:
-            reason = "sae-lens is not installed (it is optional: pip install sae-lens)"
+            sae = load_residual_sae(layer, d_in=model.cfg.d_model, device=model.cfg.device)
+        except Exception as err:  # network, file or format problem: say it and fall back
+            reason = f"loading it failed ({type(err).__name__}: {err})"
         else:
-            if not hub_available("jbloom/GPT2-Small-SAEs-Reformatted"):
-                reason = "the model hub is not reachable"
-            else:
-                loaded = SAE.from_pretrained(SAE_RELEASE, hook, device=str(model.cfg.device))
-                sae = loaded[0] if isinstance(loaded, tuple) else loaded
-                return sae, f"sae-lens {SAE_RELEASE}, {hook} ({sae.W_dec.shape[0]} latents, trained)"
+            return sae, (f"Trained residual SAE {SAE_RELEASE} (Joseph Bloom), {hook}, "
+                         f"{sae.W_dec.shape[0]} latents, read from the hub repository {SAE_REPO}.")
     sae = ReluSAE.untrained(model.cfg.d_model, d_sae, hook_name=hook, seed=seed)
-    return sae, (f"UNTRAINED ReLU autoencoder, {d_sae} latents at {hook}, random weights: "
-                 f"{reason}. Its latents mean nothing.")
+    return sae, (
+        f"UNTRAINED ReLU autoencoder, {d_sae} latents at {hook}, random weights: the trained "
+        f"SAE is not used because {reason}. Its latents mean nothing; the table only shows what "
+        f"the section computes. With GPT-2 small's real weights and network access, this cell "
+        f"downloads Joseph Bloom's trained SAE ({SAE_RELEASE}: {hook}/cfg.json and "
+        f"sae_weights.safetensors from {SAE_REPO}, about 150 MB) with huggingface_hub and "
+        f"reads it into the same ReluSAE class; no SAE library is needed."
+    )
