@@ -90,6 +90,40 @@ def test_rome_facts_ship_with_source_and_licence_and_single_token_answers():
     assert counts["facts"].sum() == len(ps) and counts["facts"].iloc[0] == 50
 
 
+def test_one_shot_facts_prefix_a_fact_of_the_same_relation():
+    pool, _ = fr.rome_fact_set()
+    ps = pool.subset(range(0, 300, 15))
+    one = fr.one_shot_facts(ps, pool, seed=0)
+    assert len(one) == len(ps) and torch.equal(one.answers, ps.answers)
+    for i in range(len(ps)):
+        j = pool.fields["known_id"].index(one.fields["demo_known_id"][i])
+        assert one.prompts[i] == f"{pool.prompts[j]} {pool.fields['attribute'][j]}. {ps.prompts[i]}"
+        assert pool.fields["relation"][j] == ps.fields["relation"][i]
+        assert pool.fields["subject"][j] != ps.fields["subject"][i]
+        # the subject span points at the query's subject, after the demonstration
+        a, b = int(one.positions["SUBJ_FIRST"][i]), int(one.positions["SUBJ_LAST"][i])
+        demo_len = len(TOK.encode(f"{pool.prompts[j]} {pool.fields['attribute'][j]}."))
+        assert a >= demo_len and int(one.positions["END"][i]) == int(one.lengths[i]) - 1
+        span = TOK.decode(one.tokens[i, a : b + 1].tolist()).strip()
+        subj = ps.fields["subject"][i]
+        assert subj in span and len(span) < len(subj) + 6
+    lone = pool.subset([0])
+    with pytest.raises(ValueError, match="no other fact of relation"):
+        fr.one_shot_facts(lone, lone)
+
+
+def test_claim_range_holds_exactly_inside_the_interval():
+    from helpers import Scorecard
+
+    ref, tol = fr.claim_range(2, 8, "test")
+    card = Scorecard("t", stand_in=False)
+    for v in (1, 2, 5, 8, 9):
+        card.add(str(v), ref, v, tolerance=tol)
+    assert [v.startswith("✓") for v in card.verdicts()] == [False, True, True, True, False]
+    with pytest.raises(ValueError, match="empty"):
+        fr.claim_range(3, 1, "test")
+
+
 def test_bad_facts_give_clear_errors():
     good = {"prompt": "Beats Music is owned by", "subject": "Beats Music", "attribute": "Apple"}
     with pytest.raises(ValueError, match="must be one token"):
@@ -125,10 +159,22 @@ def test_restoring_the_planted_state_recovers_the_answer(task):
     assert torch.allclose(r.scores[torch.arange(2), 2, last], r.clean, atol=1e-5)
 
 
-def test_restoring_an_untouched_state_does_nothing(task):
+def test_restoring_a_state_nothing_reads_does_nothing(task):
+    # The last layer's hidden state at a position before the last token is computed by the
+    # trace (it lies after the subject) but nothing downstream reads it: only the last
+    # token's logits are scored. Restoring it must leave the noised probability unchanged;
+    # a restoration leaking into another row or position would bring the answer back.
     r = _trace(task, "resid")
-    # position 0 comes before the subject and is never noised
-    assert torch.equal(r.scores[:, :, 0], r.corrupted[:, None].expand(-1, 3))
+    m = _trace(task, "mlp", window=1)
+    for i in range(2):
+        last = int(task.lengths[i]) - 1
+        for t in (r, m):
+            row = t.scores[i, 2, 1:last]
+            assert not row.isnan().any()
+            assert torch.allclose(row, t.corrupted[i].expand_as(row), atol=1e-5)
+        # ... while the same layer's state at the last token brings everything back
+        assert abs(r.scores[i, 2, last] - r.clean[i]) < 1e-5
+        assert r.corrupted[i] < r.clean[i] - 0.5
     ie = trace_by_role(r)
     assert ie.shape == (6, 3)
 
@@ -192,6 +238,24 @@ def test_fit_head_gains_recovers_known_gains():
     assert 0 < noisy.r2 < 0.9 and torch.allclose(noisy.gains, gains, atol=0.3)
     with pytest.raises(ValueError, match=r"\[n, k, d\]"):
         fit_head_gains(X[:, 0], y)
+
+
+def test_head_outputs_sum_to_the_attention_output(task):
+    from helpers import capture, hook_name
+    from helpers.tracing import head_outputs
+
+    m = task.model
+    x, pos = task.clean[:3], task.end[:3]
+    labels = [f"{L}.{h}" for L in (1, 2) for h in range(m.cfg.n_heads)]
+    out, extra = head_outputs(m, x, pos, labels, extra=[hook_name("attn_out", 2)])
+    assert out.shape == (3, len(labels), m.cfg.d_model)
+    total = out[:, 4:].sum(1) + m.b_O[2]
+    assert torch.allclose(total, extra[hook_name("attn_out", 2)], atol=1e-4)
+    _, acts = capture(m, x, [hook_name("attn_out", 1)])
+    ref = acts[hook_name("attn_out", 1)][torch.arange(3), pos]
+    assert torch.allclose(out[:, :4].sum(1) + m.b_O[1], ref, atol=1e-4)
+    with pytest.raises(ValueError, match="no such head"):
+        head_outputs(m, x, pos, ["5.0"])
 
 
 def test_logit_lens_last_row_is_the_model_output(task):

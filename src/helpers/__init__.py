@@ -94,6 +94,7 @@ from .tracing import (
     attention_knockout,
     causal_trace,
     fit_head_gains,
+    head_outputs,
     layer_window,
     logit_lens,
     noise_scale,

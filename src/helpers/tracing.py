@@ -19,6 +19,8 @@ span and a one-token answer read at each prompt's last token:
 * :func:`fit_head_gains`: least squares fit of a target vector (e.g. an MLP's output) on
   several vectors (e.g. heads' outputs): one scalar gain per vector, shared over every
   dimension, plus one intercept vector; with R².
+* :func:`head_outputs`: chosen heads' outputs (``z W_O``, residual basis) at one position
+  per prompt, the regressors of :func:`fit_head_gains`.
 * :func:`scale_hooks`: forward hooks that multiply heads' or MLPs' outputs by factors.
 """
 
@@ -46,6 +48,7 @@ __all__ = [
     "logit_lens",
     "GainFit",
     "fit_head_gains",
+    "head_outputs",
     "scale_hooks",
     "layer_window",
     "trace_heatmap",
@@ -378,7 +381,7 @@ def logit_lens(model, tokens, answers, positions=None) -> tuple[torch.Tensor, to
     answers = torch.as_tensor(answers).reshape(-1).long()
     pos = torch.full((n,), seq - 1) if positions is None else torch.as_tensor(positions).reshape(-1)
     n_layers = model.cfg.n_layers
-    names = [hook_name("resid_pre", L) for L in range(n_layers)] + ["ln_final.hook_in"]
+    names = [hook_name("resid_pre", L) for L in range(n_layers)] + [hook_name("final_resid")]
     _, acts = capture(model, tokens.to(model.cfg.device), names)
     rows = torch.arange(n)
     probs, ranks = [], []
@@ -435,6 +438,35 @@ def fit_head_gains(vectors: torch.Tensor, target: torch.Tensor, labels: Sequence
     if len(labels) != k:
         raise ValueError(f"{len(labels)} labels for {k} vectors")
     return GainFit(gains.float(), intercept.float(), r2, labels)
+
+
+@torch.no_grad()
+def head_outputs(model, tokens, positions, heads: Sequence[str], extra: Sequence[str] = ()):
+    """``(outputs [n, k, d], acts)``: each head's output ``z W_O`` at ``positions[i]``.
+
+    ``heads``: ``"L.H"`` labels, from any layers (bias ``b_O`` excluded: it belongs to no
+    head). ``extra``: further hook names to capture in the same pass, returned in ``acts``
+    already indexed at the positions (``[n, ...]``), e.g. an MLP's output to fit on them.
+    """
+    tokens = as_tokens(tokens)
+    n = tokens.shape[0]
+    pos = torch.as_tensor(positions).reshape(-1).long()
+    if pos.numel() != n:
+        raise ValueError(f"{pos.numel()} positions for {n} prompts")
+    if not heads:
+        raise ValueError("head_outputs needs at least one head")
+    parsed = []
+    for label in heads:
+        L, h = parse_head(str(label))
+        if not (0 <= L < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
+            raise ValueError(f"{label!r}: no such head in this model")
+        parsed.append((L, h))
+    names = sorted({hook_name("z", L) for L, _ in parsed}) + list(extra)
+    _, acts = capture(model, tokens.to(model.cfg.device), names)
+    rows = torch.arange(n)
+    at = {k: v[rows.to(v.device), pos.to(v.device)] for k, v in acts.items()}
+    outs = [at[hook_name("z", L)][:, h] @ model.W_O[L, h] for L, h in parsed]
+    return torch.stack(outs, 1), {k: at[k] for k in extra}
 
 
 def scale_hooks(model, factors: Mapping[str, float]) -> list:

@@ -17,7 +17,12 @@ Two prompt sets, both :class:`~helpers.prompts.PromptSet`s read at the last toke
   space; named positions ``SUBJ_FIRST``, ``SUBJ_LAST`` (the subject's token span, found
   from character offsets) and ``END``. The paper filtered by what the model knows;
   :func:`select_known` does that at run time with real weights and keeps a fixed seeded
-  subset on the stand-in.
+  subset on the stand-in. :func:`one_shot_facts` prefixes each fact with another fact of
+  the same relation, answered (the book's one-shot variant).
+
+Claims of the papers that have a measurable form are in :data:`CLAIMS` (and
+:func:`claim_range` for "lies in this layer range"); parameter choices are shown beside the
+papers' by :func:`setup_table`, never scored.
 
 Metrics (:func:`lv_metrics`), all at END: top-1 accuracy, the answer's logit minus the mean
 logit over the vocabulary, its probability, and the answer's logit minus the subject
@@ -49,11 +54,15 @@ __all__ = [
     "load_known_facts",
     "make_fact_set",
     "rome_fact_set",
+    "one_shot_facts",
     "select_known",
     "relation_counts",
     "lv_metrics",
     "subject_masks",
     "REFERENCES",
+    "CLAIMS",
+    "claim_range",
+    "setup_table",
 ]
 
 # The 15 pairs of Lv et al.'s fact_dataset.py (fact sheet), in its order.
@@ -109,6 +118,58 @@ REFERENCES: dict[str, Reference] = {
     "rome_noise_factor": Reference(3, "ROME tracing notebook: 3 × std of subject embeddings",
                                    "official code"),
 }
+
+
+def claim_range(lo: float, hi: float, source: str, confidence: str = "paper text",
+                note: str = "") -> tuple[Reference, float]:
+    """``(reference, tolerance)`` for a claim "the measured value lies in [lo, hi]".
+
+    The reference value is the interval's centre and the tolerance its half-width, so a
+    :class:`~helpers.scorecard.Scorecard` row holds exactly when the claim does. The
+    centre is the book's encoding of a qualitative claim, never a number of the paper.
+    """
+    if hi < lo:
+        raise ValueError(f"empty claim range [{lo}, {hi}]")
+    return Reference((lo + hi) / 2, source, confidence, note), (hi - lo) / 2
+
+
+_ABSTRACT = "Lv et al. v4 abstract; claim, no number published"
+#: Claims with a measurable number, as Scorecard references (value, source, confidence).
+#: Values are the claim's encoding (a count, a share, 1 = yes), not numbers from a paper.
+CLAIMS: dict[str, Reference] = {
+    "movers_attend_subject": Reference(
+        3, _ABSTRACT + " (heads move the topic to the last position)", "paper text",
+        note="count of the top-3 path-patching heads with attention 'is' → country > 0.3 "
+             "(the threshold is the book's)"),
+    "lead_9_8_in_top5": Reference(
+        1, "a reading list naming 9.8 as Lv's argument passer (not the paper; unconfirmed)",
+        "secondary source", note="1 if head 9.8 is among the 5 largest path-patching drops"),
+    "capital_map_share": Reference(
+        1.0, _ABSTRACT + " (a deep MLP applies get_capital(X))", "paper text",
+        note="share of countries whose own capital scores highest in the top MLP's output; "
+             "holds at ≥ 0.5 (the book's bar)"),
+    "suppressors_raise_p": Reference(
+        1, _ABSTRACT + " (final-layer anti-overconfidence; mitigating it raises confidence)",
+        "paper text",
+        note="1 if zeroing the final layer's 3 most negative direct effects raises mean "
+             "p(capital)"),
+    "geva_relation_before_subject": Reference(
+        1, "Geva et al. 2023 (relation positions matter first, subject positions later)",
+        "paper text", note="1 if the relation knockout's largest drop is at an earlier "
+                           "layer than the subject knockout's"),
+}
+
+
+def setup_table(choices: Sequence[tuple[str, Any, Any, str]]):
+    """The chapter's parameter choices beside the papers', as a labelled table.
+
+    ``choices``: ``(parameter, this chapter, paper, source)``. These are settings, not
+    results, so they carry no verdict (they never enter a scorecard).
+    """
+    import pandas as pd
+
+    return pd.DataFrame([{"parameter": p, "this chapter": str(c), "paper": str(r), "source": s}
+                         for p, c, r, s in choices])
 
 
 def _capital_text(lead: str, country: str) -> str:
@@ -247,12 +308,14 @@ def load_known_facts() -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _subject_span(prompt: str, subject: str, tokenizer: Any) -> tuple[int, int]:
+def _subject_span(prefix: str, prompt: str, subject: str, tokenizer: Any) -> tuple[int, int]:
     start = prompt.find(subject)
     if start < 0:
         raise ValueError(f"subject {subject!r} is not in the prompt {prompt!r}")
+    start += len(prefix)
     end = start + len(subject)
-    offsets = tokenizer.backend_tokenizer.encode(prompt, add_special_tokens=False).offsets
+    text = prefix + prompt
+    offsets = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).offsets
     span = [j for j, (a, b) in enumerate(offsets) if a < end and b > start]
     return span[0], span[-1]
 
@@ -260,7 +323,8 @@ def _subject_span(prompt: str, subject: str, tokenizer: Any) -> tuple[int, int]:
 def make_fact_set(facts: Sequence[dict], *, tokenizer: Any = None) -> PromptSet:
     """A prompt set from fact records (``prompt``, ``subject``, ``attribute``, ...).
 
-    Raises a clear ``ValueError`` if an answer (" " + attribute) is not one GPT-2 token or a
+    A record may carry a ``prefix`` (e.g. a one-shot demonstration): the text is
+    ``prefix + prompt`` and the subject is looked up in the prompt part only. Raises a clear ``ValueError`` if an answer (" " + attribute) is not one GPT-2 token or a
     subject does not occur in its prompt, or the subject reaches the last token.
     """
     if not facts:
@@ -275,11 +339,11 @@ def make_fact_set(facts: Sequence[dict], *, tokenizer: Any = None) -> PromptSet:
                 f"({ids}); every answer must be one token with its leading space"
             )
         answers.append(ids[0])
-        a, b = _subject_span(f["prompt"], f["subject"], tokenizer)
+        a, b = _subject_span(f.get("prefix", ""), f["prompt"], f["subject"], tokenizer)
         firsts.append(a)
         lasts.append(b)
-    ps = PromptSet.from_texts([f["prompt"] for f in facts], answers=torch.tensor(answers),
-                              tokenizer=tokenizer)
+    texts = [f.get("prefix", "") + f["prompt"] for f in facts]
+    ps = PromptSet.from_texts(texts, answers=torch.tensor(answers), tokenizer=tokenizer)
     bad = [i for i, b in enumerate(lasts) if b >= int(ps.lengths[i]) - 1]
     if bad:
         raise ValueError(f"the subject must end before the last token; it does not in "
@@ -290,6 +354,7 @@ def make_fact_set(facts: Sequence[dict], *, tokenizer: Any = None) -> PromptSet:
         "subject": [f["subject"] for f in facts],
         "attribute": [f["attribute"] for f in facts],
         "known_id": [f.get("known_id", -1) for f in facts],
+        "demo_known_id": [f.get("demo_known_id", -1) for f in facts],
     })
     return ps
 
@@ -305,6 +370,37 @@ def rome_fact_set(*, tokenizer: Any = None) -> tuple[PromptSet, int]:
             continue
         keep.append(f)
     return make_fact_set(keep, tokenizer=tokenizer), 1209 - len(keep)
+
+
+def one_shot_facts(ps: PromptSet, pool: PromptSet, *, seed: int = 0) -> PromptSet:
+    """The facts of ``ps``, each preceded by one other fact of the same relation, answered.
+
+    The demonstration is "<prompt> <attribute>. " of a seeded other fact from ``pool`` with
+    the same Wikidata relation, a different subject and, where the relation allows, a
+    different answer (so the answer cannot be copied from the example). Positions, answers
+    and fields are those of ``ps``'s facts, shifted past the demonstration; the field
+    ``demo_known_id`` names the example. Raises if a relation has no other fact in ``pool``.
+    """
+    rng = random.Random(seed)
+    by_rel: dict[str, list[int]] = {}
+    for j, r in enumerate(pool.fields["relation"]):
+        by_rel.setdefault(r, []).append(j)
+    records = []
+    for i in range(len(ps)):
+        rel, subj = ps.fields["relation"][i], ps.fields["subject"][i]
+        attr = ps.fields["attribute"][i]
+        others = [j for j in by_rel.get(rel, []) if pool.fields["subject"][j] != subj]
+        if not others:
+            raise ValueError(f"no other fact of relation {rel!r} to use as a one-shot example "
+                             f"for {ps.prompts[i]!r}")
+        new = [j for j in others if pool.fields["attribute"][j] != attr]
+        j = rng.choice(new or others)
+        demo = f"{pool.prompts[j]} {pool.fields['attribute'][j]}. "
+        records.append({"prefix": demo, "prompt": ps.prompts[i], "subject": subj,
+                        "attribute": attr, "relation_id": rel,
+                        "known_id": ps.fields["known_id"][i],
+                        "demo_known_id": pool.fields["known_id"][j]})
+    return make_fact_set(records, tokenizer=ps.tokenizer)
 
 
 @torch.no_grad()
