@@ -249,3 +249,150 @@ def test_block_keys_check_names_known_mistakes():
 
     assert "every query position" in check_block_keys(everywhere).message
     assert check_block_keys(lambda p, q, b: p).status == "fail"
+
+
+# ----------------------------------------------------------------------------- data checks
+
+
+def test_question_span_is_located_and_covers_the_question(cobj):
+    tok = gpt2_tokenizer()
+    mask = cobj.question_mask()
+    assert mask.shape == cobj.tokens.shape and (mask.sum(1) == 6).all()
+    assert (cobj.positions["Q_START"] == 53).all()  # the paper's format: 53..58
+    for i in range(len(cobj)):
+        text = tok.decode(cobj.tokens[i][mask[i]].tolist())
+        assert text == f" What color is the {cobj.objects[i][int(cobj.asked[i])]}?"
+    assert torch.equal(cobj.counterfactual().question_mask(), mask)
+    assert torch.equal(cobj.subset([0, 1]).question_mask(), mask[:2])
+
+
+def _moved_list(surface, opening, colors, objects, asked):
+    """62 tokens still, but the surface moves after the list: the colors move 3 earlier."""
+    items = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {o}" for c, o in zip(colors, objects)]
+    return (f"Q: {opening} {items[0]}, {items[1]}, and {items[2]} here on the {surface}. "
+            f"What color is the {objects[asked]}?\nA:")
+
+
+def _which_color(surface, opening, colors, objects, asked):
+    """Same length, but the question no longer reads ' What color is the'."""
+    items = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {o}" for c, o in zip(colors, objects)]
+    return (f"Q: On the {surface}, {opening} {items[0]}, {items[1]}, and {items[2]}. "
+            f"Which color is the {objects[asked]}?\nA:")
+
+
+def _longer(surface, opening, colors, objects, asked):
+    items = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {o}" for c, o in zip(colors, objects)]
+    return (f"Q: On the big {surface}, {opening} {items[0]}, {items[1]}, and {items[2]}. "
+            f"What color is the {objects[asked]}?\nA:")
+
+
+@pytest.mark.parametrize("template, message", [
+    (_longer, "not 62"),
+    (_moved_list, "not at position 41"),
+    (_which_color, "no ' What color is the' question"),
+])
+def test_a_template_change_that_breaks_the_token_facts_raises(monkeypatch, template, message):
+    import helpers.cases.circuit_reuse as cr
+
+    make_colored_objects(5, seed=0)  # the real template passes
+    monkeypatch.setattr(cr, "_question", template)
+    with pytest.raises(ValueError, match=message):
+        make_colored_objects(5, seed=0)
+
+
+def test_moved_color_positions_raise(monkeypatch):
+    import helpers.cases.circuit_reuse as cr
+
+    monkeypatch.setattr(cr, "COLOR_POSITIONS", (40, 45, 50))
+    with pytest.raises(ValueError, match="color 1 is not at position 40"):
+        make_colored_objects(5, seed=0)
+
+
+def test_capitals_control_is_aligned_and_compares_two_capitals():
+    from helpers.cases.circuit_reuse import capitals_control
+
+    clean, cf = capitals_control(20, seed=2)
+    assert clean.tokens.shape == cf.tokens.shape
+    differs = clean.tokens != cf.tokens
+    assert differs.sum(1).eq(1).all() and differs[torch.arange(20), clean.positions["COUNTRY"]].all()
+    assert torch.equal(clean.wrong, cf.answers) and (clean.answers != clean.wrong).all()
+    with pytest.raises(ValueError, match="at most 225"):
+        capitals_control(226)
+
+
+# ----------------------------------------------------------------------------- overlap
+
+
+def _stage_maps():
+    """Two hand-made circuits, three stages; the later stages score fewer senders, as path
+    patching does (senders below the last receiver layer only)."""
+    a = {"logits": torch.zeros(24, 16), "queries": torch.zeros(24, 16), "values": torch.zeros(24, 16)}
+    a["queries"][19:] = float("nan")  # 304 senders
+    a["values"][13:] = float("nan")  # 208 senders
+    b = {s: v.clone() for s, v in a.items()}
+    movers = [(19, 1), (15, 14), (16, 15), (17, 4), (18, 5), (19, 15), (10, 0), (10, 1)]
+    for i, (L, h) in enumerate(movers):
+        a["logits"][L, h] = -(10 + i)
+    for i, (L, h) in enumerate(movers[1:6] + [(9, 0), (9, 1), (9, 2)]):
+        b["logits"][L, h] = 5 + i
+    inhib = [(12, 3), (13, 4), (13, 13), (8, 0), (8, 1), (8, 2), (8, 3)]
+    for i, (L, h) in enumerate(inhib):
+        a["queries"][L, h] = 3 + i
+        b["queries"][L, h] = (3 + i) if i < 3 else 0.0
+    for i, (L, h) in enumerate([(11, 6), (11, 7), (12, 15), (5, 0)]):
+        b["queries"][L, h] = -(20 + i)
+    for i, (L, h) in enumerate([(9, 3), (6, 4), (1, 0), (1, 1), (1, 2)]):
+        a["values"][L, h] = 2 + i
+        b["values"][L, h] = 2 + i
+    return a, b
+
+
+def test_stage_overlap_keeps_two_percent_of_the_heads_each_stage_scores():
+    from helpers.cases.circuit_reuse import stage_overlap
+
+    a, b = _stage_maps()
+    t = stage_overlap(a, b)
+    assert t["senders"].tolist() == [384, 304, 208]
+    assert t["kept"].tolist() == [8, 7, 5]  # ceil(2% of the senders), not 8 everywhere
+    assert t["n shared"].tolist() == [5, 3, 5]
+    assert t.loc[1, "shared"] == "13.13, 13.4, 12.3"  # in the first circuit's rank order
+    assert t["chance"].tolist() == pytest.approx([64 / 384, 49 / 304, 25 / 208])
+    fixed = stage_overlap(a, b, k=8)
+    assert fixed["kept"].tolist() == [8, 8, 8]
+    b["values"][12] = float("nan")
+    with pytest.raises(ValueError, match="same senders"):
+        stage_overlap(a, b)
+    with pytest.raises(ValueError, match="different stages"):
+        stage_overlap(a, {"logits": b["logits"]})
+
+
+def test_role_overlap_sorts_the_union_of_stages_by_role():
+    from helpers.cases.circuit_reuse import MEDIUM_ROLES, role_overlap
+
+    a, b = _stage_maps()
+    t = role_overlap(a, b, MEDIUM_ROLES).set_index("role")
+    assert t.loc["mover", "IOI"] == "15.14, 16.15, 17.4, 18.5, 19.15"
+    assert t.loc["mover", "n shared"] == 5
+    assert t.loc["negative mover", "IOI"] == "19.1" and t.loc["negative mover", "n shared"] == 0
+    assert t.loc["content gatherer", "IOI"] == ""
+    assert t.loc["content gatherer", "Colored Objects"] == "11.6, 11.7, 12.15"
+    assert t.loc["inhibition", "n shared"] == 3
+    assert t.loc["induction", "shared"] == "9.3" and t.loc["duplicate token", "shared"] == "6.4"
+    assert "10.0" in t.loc["other", "IOI"] and "10.0" not in t.loc["other", "Colored Objects"]
+    assert t["n shared"].sum() == 5 + 3 + 2 + 3  # movers, inhibition, 9.3/6.4, 1.0-1.2
+
+
+def test_top_changes_rank_by_size_and_keep_the_sign():
+    from helpers.cases.circuit_reuse import top_changes
+
+    d = torch.zeros(3, 4)
+    d[2, 1], d[0, 3], d[1, 0] = -5.0, 3.0, -1.0
+    d[0, 0] = float("nan")
+    assert top_changes(d, 3) == [("2.1", -5.0), ("0.3", 3.0), ("1.0", -1.0)]
+
+
+def test_circuit_stages_rejects_unknown_stages():
+    from helpers.cases.circuit_reuse import MEDIUM_ROLES, circuit_stages
+
+    with pytest.raises(ValueError, match="unknown stages"):
+        circuit_stages(None, None, None, MEDIUM_ROLES, only=["logit"])

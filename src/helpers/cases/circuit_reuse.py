@@ -18,6 +18,11 @@ on GPT-2 medium.
 * The heads per role in GPT-2 medium (:data:`MEDIUM_ROLES`), the published numbers
   (:data:`CIRCUIT_REUSE`) and the label-using attention intervention's target rows
   (:func:`wrong_color_rows`).
+* The overlap of two circuits, each the top 2% of the heads *scored* in each path-patching
+  stage (:func:`stage_overlap`), and the same heads sorted by role (:func:`role_overlap`).
+* A control task in the spirit of the paper's App. H "World Capitals": the book's capital
+  prompts (:mod:`helpers.cases.factual_recall`) with another country as the counterfactual
+  (:func:`capitals_control`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ __all__ = [
     "make_colored_objects",
     "flip_s2_to_io",
     "wrong_color_rows",
+    "top_changes",
+    "stage_overlap",
+    "role_overlap",
+    "capitals_control",
     "MEDIUM_ROLES",
     "CIRCUIT_REUSE",
 ]
@@ -87,6 +96,15 @@ class ColoredObjects(PromptSet):
     seed: int | None = None
     mindiff: bool = False
 
+    def question_mask(self) -> torch.Tensor:
+        """``[n, seq]`` bool: the query's question, " What color is the {object}?", i.e.
+        ``Q_START`` up to the "?" after ``Q_OBJ`` (located and checked when the data is
+        built; positions 53-58 in the paper's format)."""
+        pos = torch.arange(self.max_len)[None, :]
+        start = self.positions["Q_START"][:, None]
+        stop = self.positions["Q_OBJ"][:, None] + 1  # the "?"
+        return (pos >= start) & (pos <= stop)
+
     def counterfactual(self) -> ColoredObjects:
         """The mindiff twin: the same prompts asking about object ``counter`` instead."""
         tokenizer = self.tokenizer or _default_tokenizer()
@@ -102,8 +120,10 @@ class ColoredObjects(PromptSet):
 def make_colored_objects(n_prompts: int, *, seed: int = 42, tokenizer: Any = None) -> ColoredObjects:
     """``n_prompts`` seeded Colored Objects prompts (1-shot, the paper's format).
 
-    Raises ``ValueError`` if any word is not one token or a prompt is not
-    :data:`PROMPT_TOKENS` long with the colors at :data:`COLOR_POSITIONS`.
+    Raises ``ValueError`` if any word is not one token, a prompt is not
+    :data:`PROMPT_TOKENS` long with the colors at :data:`COLOR_POSITIONS`, or the query's
+    question (" What color is the {object}?") is missing or not at the same place in every
+    prompt (its span is :meth:`ColoredObjects.question_mask`).
     """
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be at least 1, got {n_prompts}")
@@ -140,7 +160,7 @@ def make_colored_objects(n_prompts: int, *, seed: int = 42, tokenizer: Any = Non
     rows = torch.arange(n_prompts)
     n = n_prompts
     positions = {f"C{j + 1}": torch.full((n,), p) for j, p in enumerate(COLOR_POSITIONS)}
-    positions["Q_OBJ"] = torch.full((n,), PROMPT_TOKENS - 5)
+    positions["Q_START"], positions["Q_OBJ"] = _question_positions(tokens, objects, asked, tokenizer)
     positions["END"] = lengths - 1
     return ColoredObjects(
         prompts=prompts, tokens=tokens, lengths=lengths, positions=positions,
@@ -148,6 +168,29 @@ def make_colored_objects(n_prompts: int, *, seed: int = 42, tokenizer: Any = Non
         colors=colors, objects=objects, asked=asked_t, counter=counter_t,
         color_tokens=color_tokens, seed=seed, tokenizer=tokenizer,
     )
+
+
+def _question_positions(tokens, objects, asked, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Q_START, Q_OBJ)``: where the query's " What color is the {object}?" starts and
+    where its object sits, found in the tokens. Raises if a prompt lacks the question as
+    the expected tokens or if the span is not at the same place in every prompt."""
+    stem = tokenizer.encode(" What color is the")
+    mark = tokenizer.encode("?")
+    starts, objs = [], []
+    for i, row in enumerate(tokens.tolist()):
+        hits = [j for j in range(len(row) - len(stem)) if row[j: j + len(stem)] == stem]
+        if not hits:
+            raise ValueError(f"prompt {i} has no ' What color is the' question")
+        j = hits[-1]
+        obj = tokenizer.encode(" " + objects[i][asked[i]])
+        k = j + len(stem)
+        if row[k: k + len(obj) + len(mark)] != obj + mark:
+            raise ValueError(f"prompt {i}: the question does not end with ' {objects[i][asked[i]]}?'")
+        starts.append(j)
+        objs.append(k)
+    if len(set(starts)) != 1:
+        raise ValueError(f"the question starts at different positions: {sorted(set(starts))}")
+    return torch.tensor(starts), torch.tensor(objs)
 
 
 def wrong_color_rows(ds: ColoredObjects) -> torch.Tensor:
@@ -208,6 +251,8 @@ CIRCUIT_REUSE: dict[str, Reference] = {
     "prompt_tokens": Reference(62, "Merullo et al. 2023 code (cobjs_data.py), checked on GPT-2's "
                                "tokenizer", confidence="official code"),
     "n_heads_medium": Reference(384, "GPT-2 medium: 24 layers × 16 heads"),
+    "capitals_overlap": Reference(0.25, "Merullo et al. 2023, App. H (World Capitals vs IOI)",
+                                  confidence=_SEC),
 }
 
 
@@ -250,15 +295,24 @@ STAGES = (
 
 
 def circuit_stages(model, clean: PromptSet, corrupt: PromptSet, roles: Circuit, *,
-                   value_senders: Any = None, progress: bool = False) -> dict[str, torch.Tensor]:
+                   value_senders: Any = None, only: Any = None,
+                   progress: bool = False) -> dict[str, torch.Tensor]:
     """``{stage: [n_layers, n_heads]}`` path-patching scores (raw logit difference at END) of
-    the three :data:`STAGES`, clean vs corrupted, receivers taken from ``roles``."""
+    the three :data:`STAGES` (or the names in ``only``), clean vs corrupted, receivers taken
+    from ``roles``. Senders are the heads below the stage's last receiver layer: 384 for the
+    logits, fewer for the later stages (the rest are ``NaN``)."""
     from ..metrics import LogitDiffMetric
     from ..path_patching import path_patch
 
+    names = [name for name, *_ in STAGES]
+    unknown = [s for s in (only or ()) if s not in names]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; the stages are {names}")
     metric = LogitDiffMetric(clean.answers, clean.wrong, clean.positions["END"])
     out = {}
     for name, role, inp, where in STAGES:
+        if only is not None and name not in only:
+            continue
         receivers = "logits" if role is None else roles.heads(role)
         senders_at = value_senders if where == "value_senders" else where
         out[name] = path_patch(model, clean.tokens, corrupt.tokens, metric, receivers=receivers,
@@ -304,3 +358,101 @@ def mover_color_attention(model, ds: ColoredObjects, movers, *, fwd_hooks=(), ba
     right = [torch.cat(at[head])[mask].mean() for head in movers]
     wrong = [torch.cat(at[head])[~mask].mean() for head in movers]
     return {"right color": torch.stack(right).mean().item(), "each wrong color": torch.stack(wrong).mean().item()}
+
+
+# --------------------------------------------------------------------------- overlap
+
+
+def top_changes(delta: torch.Tensor, k: int = 8) -> list[tuple[str, float]]:
+    """``[("L.H", change), ...]``: the ``k`` heads with the largest ``|change|`` in a
+    ``[n_layers, n_heads]`` map (``NaN`` = not scored), with their signed change, for
+    :func:`helpers.format_heads`."""
+    from ..circuits import parse_head
+    from ..heads import top_heads
+
+    delta = torch.as_tensor(delta).detach().float().cpu()
+    return [(label, delta[parse_head(label)].item()) for label, _ in top_heads(delta.abs(), k)]
+
+
+def stage_tops(deltas: dict[str, torch.Tensor], *, fraction: float = 0.02,
+               k: int | None = None) -> dict[str, list[str]]:
+    """``{stage: ["L.H", ...]}``: per stage, the top ``fraction`` of the heads *scored* in
+    that stage (:func:`helpers.top_fraction_heads`: later stages score fewer senders, so
+    they keep fewer heads), or, with ``k``, the ``k`` heads with the largest ``|change|``."""
+    if k is not None:
+        return {s: [label for label, _ in top_changes(d, k)] for s, d in deltas.items()}
+    from ..heads import top_fraction_heads
+
+    return {s: top_fraction_heads(d, fraction) for s, d in deltas.items()}
+
+
+def _check_stages(a: dict, b: dict) -> None:
+    if list(a) != list(b):
+        raise ValueError(f"the two circuits have different stages: {list(a)} vs {list(b)}")
+    for s in a:
+        if a[s].shape != b[s].shape or not torch.equal(a[s].isnan(), b[s].isnan()):
+            raise ValueError(f"stage {s!r}: the two maps do not score the same senders")
+
+
+def stage_overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], *,
+                  names: tuple[str, str] = ("IOI", "Colored Objects"), fraction: float = 0.02,
+                  k: int | None = None):
+    """One row per stage: senders scored, heads kept per circuit, each circuit's heads, the
+    shared ones, and ``chance``, the number two random sets of that size among the scored
+    senders share on average (kept² / senders).
+
+    ``a``, ``b``: ``{stage: [n_layers, n_heads]}`` changes from clean (``NaN`` = not a
+    sender), the same stages and senders in both; ``fraction`` / ``k`` as in
+    :func:`stage_tops`."""
+    import pandas as pd
+
+    _check_stages(a, b)
+    ta, tb = stage_tops(a, fraction=fraction, k=k), stage_tops(b, fraction=fraction, k=k)
+    rows = []
+    for s in a:
+        senders = int((~a[s].isnan()).sum())
+        shared = [h for h in ta[s] if h in set(tb[s])]
+        rows.append({"stage": s, "senders": senders, "kept": len(ta[s]),
+                     names[0]: ", ".join(ta[s]), names[1]: ", ".join(tb[s]),
+                     "shared": ", ".join(shared), "n shared": len(shared),
+                     "chance": len(ta[s]) * len(tb[s]) / senders})
+    return pd.DataFrame(rows)
+
+
+def role_overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], roles: Circuit, *,
+                 names: tuple[str, str] = ("IOI", "Colored Objects"), fraction: float = 0.02,
+                 k: int | None = None):
+    """The two circuits (each the union of its per-stage tops, :func:`stage_tops`) sorted by
+    the paper's roles: one row per class of ``roles`` plus "other" (heads with no role in
+    the paper), listing each circuit's heads of that role and the shared ones. A head counts
+    as shared here if both circuits contain it, in whatever stage."""
+    import pandas as pd
+
+    from ..circuits import head_label
+
+    _check_stages(a, b)
+    ua = {h for hs in stage_tops(a, fraction=fraction, k=k).values() for h in hs}
+    ub = {h for hs in stage_tops(b, fraction=fraction, k=k).values() for h in hs}
+    order = lambda hs: sorted(hs, key=lambda x: tuple(map(int, x.split("."))))  # noqa: E731
+    rows = []
+    groups = {c: {head_label(*h) for h in roles.heads(c)} for c in roles.classes}
+    groups["other"] = (ua | ub) - {h for g in groups.values() for h in g}
+    for role, members in groups.items():
+        ia, ib = ua & members, ub & members
+        rows.append({"role": role, "paper's heads": ", ".join(order(members)) if role != "other" else "",
+                     names[0]: ", ".join(order(ia)), names[1]: ", ".join(order(ib)),
+                     "shared": ", ".join(order(ia & ib)), "n shared": len(ia & ib)})
+    return pd.DataFrame(rows)
+
+
+def capitals_control(n_prompts: int, *, seed: int = 0) -> tuple[PromptSet, PromptSet]:
+    """``(clean, counterfactual)``: a control task in the spirit of the paper's App. H
+    "World Capitals", built from the book's capital prompts ("… the capital of France is"
+    → " Paris", :func:`helpers.cases.factual_recall.make_capital_prompts`). The
+    counterfactual asks about another country; ``clean.wrong`` is its capital, so the logit
+    difference compares the two capitals, as Colored Objects compares two colors."""
+    from .factual_recall import flip_country, make_capital_prompts
+
+    clean = make_capital_prompts(n_prompts, seed=seed)
+    flipped = flip_country(clean, seed=seed + 1)
+    return replace(clean, wrong=flipped.answers), flipped
