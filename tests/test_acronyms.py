@@ -4,6 +4,8 @@ curve, and the positional interventions (helpers.positional)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -20,7 +22,6 @@ from helpers import (
     logit_diff_vs_rivals,
     strongest_rival,
     patch_heads,
-    run_with_mean_ablation,
     swap_bos_attention_hooks,
     swap_pos_embed_hooks,
     top_heads,
@@ -32,6 +33,7 @@ from helpers.cases.acronyms import (
     CORRUPTIONS,
     LETTER_IDS,
     POSITION_NAMES,
+    SWAP_PAIRS,
     check_nouns,
     corruption_columns,
     filter_correct,
@@ -188,21 +190,54 @@ def test_attention_and_copy_score_rank_the_planted_mover_first(ds, mover):
 # ----------------------------------------------------------------------------- add-back curve
 
 
+def _plain_mean_ablated_logits(model, tokens, means, keep):
+    """The mean-ablated run written out with plain TransformerLens hooks: every head not in
+    ``keep`` has its ``z`` replaced, at every position, by ``means[pos, layer, head]``."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+
+    def hook(z, hook, layer):
+        z = z.clone()
+        for h in range(n_heads):
+            if (layer, h) not in keep:
+                z[:, :, h, :] = means[:, layer, h, :].to(z.dtype)
+        return z
+
+    fwd = [(f"blocks.{L}.attn.hook_z", partial(hook, layer=L)) for L in range(n_layers)]
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, fwd_hooks=fwd)
+
+
 def test_add_back_curve_equals_hand_computed_values(ds, tiny_model):
     sub = ds.subset(range(8))
     bad = sub.corrupt("current word", 2, seed=1)
-    means = head_means(tiny_model, bad)
-    metric = letter_metric(sub, 2)
+    # the means, by hand: z of the corrupted batch, averaged over prompts, per position
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(bad)
+    n_layers = tiny_model.cfg.n_layers
+    hand_means = torch.stack([cache[f"blocks.{L}.attn.hook_z"].mean(0) for L in range(n_layers)], 1)
+    # the metric, by hand: answer logit minus the best other capital, at A1, mean over prompts
+    rivals = torch.tensor(LETTER_IDS)
+
+    def hand_metric(logits):
+        at = logits[:, 9].float()
+        answer = sub.answers[:, 1]
+        own = at.gather(1, answer[:, None])[:, 0]
+        other = at[:, rivals].masked_fill(rivals[None] == answer[:, None], float("-inf"))
+        return (own - other.max(1).values).mean().item()
+
     order = [(1, 2), (0, 1), (1, 0)]
-    ev = CircuitEvaluator(tiny_model, sub.tokens, metric, means, {h: None for h in order})
+    means = head_means(tiny_model, bad)
+    assert torch.allclose(means[0], hand_means, atol=1e-5)
+    ev = CircuitEvaluator(tiny_model, sub.tokens, letter_metric(sub, 2), means, {h: None for h in order})
     curve = ev.add_back(order)
     assert len(curve) == 4
-    for k in range(4):
-        ablate = torch.ones(8, 11, 2, 4, dtype=torch.bool)
-        for L, h in order[:k]:
-            ablate[:, :, L, h] = False
-        expected = metric(run_with_mean_ablation(tiny_model, sub.tokens, means, ablate)).item()
-        assert curve[k] == pytest.approx(expected, abs=1e-4)
+    expected = [hand_metric(_plain_mean_ablated_logits(tiny_model, sub.tokens, hand_means, set(order[:k])))
+                for k in range(4)]
+    assert curve == pytest.approx(expected, abs=1e-4)
+    with torch.no_grad():
+        clean = hand_metric(tiny_model(sub.tokens))
+    assert abs(expected[0] - clean) > 1e-3  # the ablation does something, so the check can fail
+    assert len({round(v, 4) for v in expected}) > 1
     assert curve[-1] == pytest.approx(ev.F(circuit=True), abs=1e-5)
     with pytest.raises(KeyError, match="not in the circuit"):
         ev.add_back([(0, 0)])
@@ -212,6 +247,10 @@ def test_paper_circuit_and_order():
     assert len(ACRONYM_CIRCUIT) == ACRONYMS["circuit_heads"].value == 8
     assert set(ADD_BACK_ORDER) == set(ACRONYM_CIRCUIT.heads())
     assert ACRONYM_CIRCUIT.labels("letter mover") == ["8.11", "9.9", "10.10", "11.4"]
+    # every head-patching number on the fact sheet, and only those (no "small" made up)
+    assert set(ACRONYMS["patch_114"]) == {1} and set(ACRONYMS["patch_99"]) == {1, 2}
+    for key in ("prev_words_at_A_1010_letter2", "prev_words_at_C_10_letter2", "prev_words_at_C_22_letter2"):
+        assert ACRONYMS[key].value < 0 and "read from a figure" in ACRONYMS[key].source
 
 
 # ----------------------------------------------------------------------------- positional
@@ -237,7 +276,7 @@ def test_positional_swaps(ds, mover):
 
 
 def test_mover_analyses_single_out_the_planted_head(ds, mover):
-    from helpers.cases.acronyms import attention_and_dla, capital_residuals, ov_letter_matrix, positional_conditions
+    from helpers.cases.acronyms import attention_and_dla, capital_residuals, ov_letter_matrix
 
     df = attention_and_dla(mover, ds.subset(range(8)), ["1.0", "1.1"])
     means = df.groupby(["letter", "head"]).mean()
@@ -247,10 +286,45 @@ def test_mover_analyses_single_out_the_planted_head(ds, mover):
     resid, ids = capital_residuals(mover)
     assert ids.shape == (26,) and resid.shape == (26, 128)
     assert torch.equal(ov_letter_matrix(mover, "1.0", resid).argmax(-1), torch.arange(26))
-    table = positional_conditions(mover, ds.subset(range(8)), [MOVER], watch=MOVER)
-    assert list(table["condition"]) == ["clean", "positions swapped", "BOS attention swapped", "both swapped"]
-    att = table.iloc[:, 2]
-    assert att[0] > 0.9 and att[1] < 0.1  # the planted head finds Ci by its position embedding
+
+
+@pytest.mark.parametrize("pair", SWAP_PAIRS)
+def test_positional_conditions_per_letter_on_the_planted_mover(ds, mover, pair):
+    from helpers.cases.acronyms import positional_conditions
+
+    sub = ds.subset(range(8))
+    table = positional_conditions(mover, sub, ["1.0"], pair=pair, watch=["1.0"])
+    conditions = ["clean", "positions swapped", "BOS attention swapped", "both swapped"]
+    assert list(dict.fromkeys(table["condition"])) == conditions
+    assert len(table) == 4 * 3 and set(table["letter"]) == {1, 2, 3}
+    a, b = pair
+    at = table.set_index(["condition", "letter"])
+    for i in (1, 2, 3):
+        clean = at.loc[("clean", i)]
+        assert clean[f"to C{i}"] > 0.9  # the planted head finds Ci by its position marker
+        assert clean["to matching Ci"] == clean[f"to C{i}"]
+        assert clean["logit diff."] == pytest.approx(letter_metric(sub, i)(mover(sub.tokens)).item(), abs=1e-4)
+        # BOS swapped at the query rows Ca, Cb: the mover's rows Pi are untouched
+        assert at.loc[("BOS attention swapped", i), f"to C{i}"] == pytest.approx(clean[f"to C{i}"], abs=1e-5)
+        swapped = at.loc[("positions swapped", i)]
+        if i in pair:  # the markers moved: Pi now looks at the other capital of the pair
+            other = b if i == a else a
+            assert swapped[f"to C{other}"] > 0.9 and swapped[f"to C{i}"] < 0.1
+            assert swapped["logit diff."] < clean["logit diff."] - 1
+        else:  # the third letter is untouched
+            assert swapped[f"to C{i}"] == pytest.approx(clean[f"to C{i}"], abs=1e-5)
+    with pytest.raises(ValueError, match="two different"):
+        positional_conditions(mover, sub, [MOVER], pair=(2, 2))
+
+
+def test_select_bos_heads_takes_the_union_over_letters():
+    from helpers.cases.acronyms import select_bos_heads
+
+    e1, e2 = torch.zeros(2, 2), torch.zeros(2, 2)
+    e1[0, 1], e2[1, 0], e2[1, 1] = -0.01, -0.02, -0.004  # -0.004: under the threshold
+    e1[1, 1] = float("nan")
+    assert select_bos_heads({1: e1, 2: e2}) == [(0, 1), (1, 0)]
+    assert select_bos_heads({1: e1}, threshold=0.02) == []
 
 
 def test_bos_swap_sweep_stacked_equals_one_head_at_a_time(ds, mover):
@@ -258,12 +332,22 @@ def test_bos_swap_sweep_stacked_equals_one_head_at_a_time(ds, mover):
     metric = letter_metric(ds.subset(range(4)), 2)
     stacked = bos_swap_sweep(mover, tokens, metric, 4, 9)
     single = bos_swap_sweep(mover, tokens, metric, 4, 9, batch_tokens=1)
+    sub = ds.subset(range(4))
+    per_letter = bos_swap_sweep(mover, tokens, {i: letter_metric(sub, i) for i in (1, 2, 3)}, 4, 9)
+    assert set(per_letter) == {1, 2, 3} and torch.equal(per_letter[2], stacked)
     for L in range(2):
         for h in range(2):
             hooks = swap_bos_attention_hooks(mover, [(L, h)], 4, 9)
-            plain = metric(mover.run_with_hooks(tokens, fwd_hooks=hooks)).item()
+            logits = mover.run_with_hooks(tokens, fwd_hooks=hooks)
+            plain = metric(logits).item()
             assert stacked[L, h].item() == pytest.approx(plain, abs=1e-4)
             assert single[L, h].item() == pytest.approx(plain, abs=1e-4)
+            for i in (1, 3):
+                want = letter_metric(sub, i)(logits).item()
+                assert per_letter[i][L, h].item() == pytest.approx(want, abs=1e-4)
+    # a plain callable (not a PositionMetric) takes the full-logits path: same numbers
+    full = bos_swap_sweep(mover, tokens, lambda lg: metric(lg), 4, 9)
+    assert torch.allclose(full, stacked, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- exercises

@@ -62,6 +62,10 @@ __all__ = [
     "attention_and_dla",
     "capital_residuals",
     "ov_letter_matrix",
+    "SWAP_PAIRS",
+    "BOS_SIGNAL_HEADS",
+    "select_bos_heads",
+    "bos_sweep_figure",
     "positional_conditions",
 ]
 
@@ -343,15 +347,29 @@ ACRONYMS: dict[str, Any] = {
     "circuit_ld": _per_letter((1.4, 2.0, 3.6), _FIG8),
     "patch_811": _per_letter((-0.7, -2.1, -2.7), _PATCH + " (attn_1, current word)"),
     "patch_1010": _per_letter((-1.0, -0.9, -1.6), _PATCH + " (attn_1, current word)"),
+    # 11.4 and 9.9: the fact sheet reads "small" (no number) for 11.4 on letters 2, 3 and
+    # 9.9 on letter 3, so only the letters with a number are here.
+    "patch_114": {1: Reference(-0.6, _PATCH + " (attn_1, current word)", "official code",
+                               "letters 2, 3: 'small', no number")},
+    "patch_99": {i: Reference(-0.2, _PATCH + " (attn_1, current word)", "official code",
+                              "letter 3: 'small', no number") for i in (1, 2)},
     "resid_c3_letter3": Reference(-6.0, _PATCH + " (res_1; −5 to −7)", "official code"),
     "prev_words_at_A_811_letter2": Reference(-0.95, _PATCH + " (attn_2_Ai_1)", "official code"),
     "prev_words_at_A_58_letter2": Reference(-0.64, _PATCH + " (attn_2_Ai_1)", "official code"),
+    "prev_words_at_A_1010_letter2": Reference(-0.45, _PATCH + " (attn_2_Ai_1)", "official code"),
     "prev_words_at_C_411_letter2": Reference(-0.15, _PATCH + " (attn_2_Ci)", "official code"),
+    "prev_words_at_C_10_letter2": Reference(-0.05, _PATCH + " (attn_2_Ci)", "official code"),
+    "prev_words_at_C_22_letter2": Reference(-0.03, _PATCH + " (attn_2_Ci)", "official code"),
     "attn_811_to_ci": _per_letter((0.20, 0.39, 0.41), "Fig. 3, read from a figure"),
     "third_letter_accuracy": Reference(
         0.906, "circuit-extraction benchmark_results (0.888–0.924 over 5 runs of 250)", "official code"
     ),
-    "bos_swap_811_attention": Reference(0.14, "Figs. 12–14 (0.20 → 0.14), read from a figure", "official code"),
+    # The only positional number on the fact sheet: 8.11, letter 1, C1 <-> C2. The official
+    # figures (BOS_<head>_<a>_<b>.pdf) also show letters 2, 3, the other movers and the
+    # pairs C1 <-> C3, C2 <-> C3, but no values were read from them.
+    "bos_swap_811_attention": Reference(
+        0.14, "Figs. 12–14 (C1 ↔ C2, letter 1: 0.20 → 0.14), read from a figure", "official code"
+    ),
 }
 
 #: The 8-head circuit in three groups (the fact sheet; 5.8's name in the paper is
@@ -442,31 +460,102 @@ def ov_letter_matrix(model, head, resid: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------ positional
 
 
+#: The capital pairs the paper's ``positional_experiments.py`` swaps (every pair of C1, C2, C3).
+SWAP_PAIRS = ((1, 2), (1, 3), (2, 3))
+
+#: Early heads that carry the BOS positional signal, outside the circuit (the fact sheet,
+#: from the official figures; not a number, a list to mark on the heatmaps).
+BOS_SIGNAL_HEADS = ("0.8", "0.9", "0.11", "1.1", "1.2", "2.9", "5.9")
+
+
+def select_bos_heads(effects, threshold: float = 0.005) -> list[tuple[int, int]]:
+    """The heads the paper swaps together: those whose single-head BOS swap lowers the
+    metric of **any** letter by more than ``threshold`` (``effects``: ``{letter: [n_layers,
+    n_heads]}`` of swapped − clean), as in ``positional_experiments.py``."""
+    if not effects:
+        raise ValueError("effects must hold at least one letter's [n_layers, n_heads] tensor")
+    hit = torch.stack([torch.as_tensor(e) < -threshold for e in effects.values()]).any(0)
+    return [tuple(x) for x in hit.nonzero().tolist()]
+
+
+def bos_sweep_figure(effects, pair, *, marked=None):
+    """One row of layer × head heatmaps, one per letter (``effects``: ``{letter: [n_layers,
+    n_heads]}``), on a shared colour scale, with ``marked`` heads (``{name: labels}``)
+    outlined: the paper's swap_BOS figure for the capitals ``pair``."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from ..circuits import head_label, parse_head
+
+    letters = list(effects)
+    z = {i: torch.as_tensor(effects[i]).float().cpu() for i in letters}
+    lim = max(float(v.nan_to_num().abs().max()) for v in z.values()) or 1.0
+    n_layers, n_heads = z[letters[0]].shape
+    fig = make_subplots(1, len(letters), subplot_titles=[f"letter {i}" for i in letters],
+                        shared_yaxes=True, horizontal_spacing=0.03)
+    text = [[head_label(L, h) for h in range(n_heads)] for L in range(n_layers)]
+    symbols = ["square-open", "circle-open", "diamond-open", "x-thin-open"]
+    for k, i in enumerate(letters, start=1):
+        fig.add_trace(go.Heatmap(
+            z=z[i].numpy(), text=text, colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
+            showscale=k == len(letters), colorbar=dict(title="swapped − clean"),
+            hovertemplate=f"letter {i}, head %{{text}}<br>value %{{z:.4f}}<extra></extra>",
+        ), 1, k)
+        for g, (name, heads) in enumerate((marked or {}).items()):
+            lh = [parse_head(x) for x in heads]
+            fig.add_trace(go.Scatter(
+                x=[h for _, h in lh], y=[L for L, _ in lh], mode="markers", name=name,
+                legendgroup=name, showlegend=k == 1, hoverinfo="skip",
+                marker=dict(symbol=symbols[g % len(symbols)], size=9, color="black"),
+            ), 1, k)
+        fig.update_xaxes(title="Head", range=[-0.5, n_heads - 0.5], row=1, col=k)
+    fig.update_yaxes(title="Layer", range=[n_layers - 0.5, -0.5], row=1, col=1)
+    a, b = pair
+    fig.update_layout(title=f"Attention to BOS swapped between C{a} and C{b}, one head at a time",
+                      height=420, legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
 @torch.no_grad()
-def positional_conditions(model, ds: AcronymDataset, bos_heads, *, letter: int = 1, other: int = 2,
-                          watch=(8, 11)):
-    """The paper's four conditions for ``letter``: clean, the positional embeddings of
-    C{letter} and C{other} swapped, attention-to-BOS swapped between those two query
-    positions in ``bos_heads``, and both. Returns a DataFrame: condition, the letter's
-    metric, and the attention of head ``watch`` from P{letter} to C{letter}."""
+def positional_conditions(model, ds: AcronymDataset, bos_heads, *, pair=(1, 2), watch=((8, 11),),
+                          letters=(1, 2, 3)):
+    """The paper's four conditions for the capitals ``pair = (a, b)``: clean, the positional
+    embeddings of Ca and Cb swapped, attention-to-BOS swapped between the query positions
+    Ca and Cb in ``bos_heads``, and both. Heads (``bos_heads``, ``watch``) as ``"L.H"``
+    labels or ``(layer, head)`` pairs.
+
+    A long DataFrame, one row per (condition, letter, watched head): ``swap`` ("C1 ↔ C2"),
+    ``condition``, ``letter``, ``logit diff.`` (that letter's metric), ``head``, and the
+    head's attention from Pi to each capital (``to C1``, ``to C2``, ``to C3``, and
+    ``to matching Ci``), averaged over prompts. Every letter is measured on its own (the swap touches all three).
+    """
     import pandas as pd
 
+    from ..circuits import head_label, parse_head
     from ..hooks import as_heads, capture, hook_name
     from ..positional import swap_bos_attention_hooks, swap_pos_embed_hooks
 
-    _check_letter(letter)
-    _check_letter(other)
-    a, b = 2 * letter, 2 * other
-    pos = swap_pos_embed_hooks(a, b)
-    bos = swap_bos_attention_hooks(model, bos_heads, a, b) if bos_heads else []
-    metric = letter_metric(ds, letter)
-    ((L, h),) = as_heads([watch], model)
-    name = hook_name("pattern", L)
+    a, b = (int(x) for x in pair)
+    for i in (a, b, *letters):
+        _check_letter(i)
+    if a == b:
+        raise ValueError(f"pair must name two different capitals, got {pair!r}")
+    pos = swap_pos_embed_hooks(2 * a, 2 * b)
+    bos_heads = [parse_head(x) for x in bos_heads]  # "L.H" labels or (layer, head) pairs
+    bos = swap_bos_attention_hooks(model, bos_heads, 2 * a, 2 * b) if bos_heads else []
+    watch = as_heads([parse_head(x) for x in watch], model)
+    names = sorted({hook_name("pattern", L) for L, _ in watch})
     rows = []
     for label, hooks in (("clean", []), ("positions swapped", pos), ("BOS attention swapped", bos),
                          ("both swapped", pos + bos)):
-        logits, acts = capture(model, ds.tokens, [name], fwd_hooks=hooks)
-        att = acts[name][:, h, PREDICTION_POSITIONS[letter], a].mean().item()
-        rows.append({"condition": label, f"logit diff. (letter {letter})": metric(logits).item(),
-                     f"attention {L}.{h}: P{letter} → C{letter}": att})
+        logits, acts = capture(model, ds.tokens, names, fwd_hooks=hooks)
+        for i in letters:
+            ld = letter_metric(ds, i)(logits).item()
+            p = PREDICTION_POSITIONS[i]
+            for L, h in watch:
+                att = acts[hook_name("pattern", L)][:, h, p, [2, 4, 6]].float().mean(0).tolist()
+                rows.append({"swap": f"C{a} ↔ C{b}", "condition": label, "letter": i,
+                             "logit diff.": ld, "head": head_label(L, h),
+                             **{f"to C{j}": v for j, v in zip((1, 2, 3), att)},
+                             "to matching Ci": att[i - 1]})
     return pd.DataFrame(rows)
