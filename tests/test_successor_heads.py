@@ -112,10 +112,14 @@ def test_argmax_score_valid_and_errors():
 
 TINY2 = ModelSpec("tiny-successor", "openai-community/gpt2", n_layers=2, n_heads=2, d_model=64)
 PLANTED = (1, 1)
+ANTI = (1, 0)
+CLASS_DIM = 40
 
 
 def _planted_successor_model(data):
-    """Head 1.1's OV maps each task token (embedding e_k) to its successor's direction."""
+    """Head 1.1's OV maps each task token (embedding e_k + 2·e_class) to its successor's
+    direction. Head 1.0 is an anti-successor with a class boost: it writes mostly along
+    the direction every task token shares, and a little towards the predecessor."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     d, dh = TINY2.d_model, TINY2.d_head
@@ -131,22 +135,32 @@ def _planted_successor_model(data):
         for k, t in enumerate(ids):
             wte[t] = 0.0
             wte[t, k] = 8.0
+            wte[t, CLASS_DIM] = 16.0
         attn = hf.transformer.h[L].attn
-        attn.c_attn.weight[:, 2 * d + h * dh: 2 * d + (h + 1) * dh] = 0.0
-        attn.c_attn.bias[2 * d + h * dh: 2 * d + (h + 1) * dh] = 0.0
-        attn.c_proj.weight[h * dh:(h + 1) * dh] = 0.0
+        for head in (h, ANTI[1]):
+            attn.c_attn.weight[:, 2 * d + head * dh: 2 * d + (head + 1) * dh] = 0.0
+            attn.c_attn.bias[2 * d + head * dh: 2 * d + (head + 1) * dh] = 0.0
+            attn.c_proj.weight[head * dh:(head + 1) * dh] = 0.0
+        a0 = ANTI[1] * dh
         for k, t in enumerate(ids):
             attn.c_attn.weight[k, 2 * d + h * dh + k] = 1.0
+            attn.c_attn.weight[k, 2 * d + a0 + k] = 1.0
             a = int(data.answers[k])
             if a >= 0:
                 attn.c_proj.weight[h * dh + k, k_of[a]] = 4.0
+            prev = [j for j in range(len(ids)) if int(data.successor_row[j]) == k]
+            if prev:
+                attn.c_proj.weight[a0 + k, prev[0]] = 1.0
+        # the class boost reads the shared direction itself (value slot dh − 1 is free)
+        attn.c_attn.weight[CLASS_DIM, 2 * d + a0 + dh - 1] = 1.0
+        attn.c_proj.weight[a0 + dh - 1, CLASS_DIM] = 6.0
     return boot(hf, TINY2, seed=5)
 
 
 @pytest.fixture(scope="module")
 def planted():
     data = sh.make_succession_dataset(tasks=["days", "months", "ordinals"])
-    assert len(data) <= TINY2.d_head
+    assert len(data) < TINY2.d_head
     return data, _planted_successor_model(data)
 
 
@@ -162,6 +176,130 @@ def test_planted_successor_head_ranked_first(planted):
     assert torch.nan_to_num(others, nan=0).max() < 0.6
     all_restrict = sh.succession_scores(model, data, inputs="embed", restrict="all")
     assert all_restrict["score"][PLANTED].item() == 1.0
+
+
+def test_naive_score_ranks_the_anti_successor_first_within_task_does_not(planted):
+    data, model = planted
+    out = sh.succession_scores(model, data, inputs="embed")
+    assert top_heads(out["naive"], 1)[0][0] == "1.0"  # the class boost wins the naive score
+    assert out["score"][ANTI].item() == 0.0  # ... but the successor never wins in its task
+    x = token_inputs(model, data.token_ids, "embed")
+    logits = effective_ov_logits(model, x, columns=data.token_ids)
+    shares = sh.offset_shares(logits, data)
+    torch.testing.assert_close(shares[1], out["score"])  # +1 is the succession score
+    n_first = sum(1 for t in data.task_names if t not in sh.WRAPS)  # " first" has no predecessor
+    assert shares[-1][ANTI].item() == pytest.approx(1 - n_first / out["n_scored"])
+    assert shares[1][PLANTED].item() == 1.0 and shares[-1][PLANTED].item() == 0.0
+    assert sh.head_rank(out["naive"], "1.0") == 1 and sh.head_rank(out["score"], "1.1") == 1
+
+
+def test_offset_shares_on_permutations():
+    data = sh.make_succession_dataset()
+    n = len(data)
+    pred = torch.zeros(n, n)
+    for j, i in enumerate(data.successor_row.tolist()):
+        if i >= 0:
+            pred[i, j] = 1.0
+    pred[pred.sum(1) == 0, pred.sum(1) == 0] = 1.0  # " 1", " one", " first", " A": no predecessor
+    both = torch.stack([_perm_logits(data, True), _perm_logits(data, False), pred])
+    shares = sh.offset_shares(both, data)
+    assert shares[1].tolist() == [1.0, 0.0, 0.0]
+    assert shares[0].tolist()[:2] == [0.0, 1.0]
+    assert shares[-1][2].item() == pytest.approx(286 / 290)  # Monday → Sunday counts as −1
+    with pytest.raises(ValueError, match="logits must be"):
+        sh.offset_shares(torch.zeros(3, 3), data)
+
+
+def test_single_token_share_counts_on_the_tokenizer():
+    tok = gpt2_tokenizer()
+    assert sh.single_token_share(tok) == 1.0
+
+    class SplitMay:
+        def encode(self, text):
+            return [1, 2] if text == " May" else [1]
+
+    assert sh.single_token_share(SplitMay()) == pytest.approx(292 / 294)
+
+
+def test_sequence_prompts_on_real_tokenizer():
+    tok = gpt2_tokenizer()
+    data = sh.make_succession_dataset(tokenizer=tok)
+    seq = sh.make_sequence_prompts(data, tokenizer=tok)
+    shuf = sh.make_sequence_prompts(data, shuffle=True, tokenizer=tok)
+    # wrap tasks keep every item, the others lose the first two: 290 − 2 × 4
+    assert len(seq) == len(shuf) == 282
+    assert (seq.lengths == 7).all()  # BOS + 3 single-token items + 3 commas
+    i = seq.fields["task"].index("days")
+    assert seq.prompts[i] == " Saturday, Sunday, Monday," and tok.decode([int(seq.answers[i])]) == " Tuesday"
+    assert seq.fields["pred_pos"][i] == 6 and seq.fields["answer_pos"][i] == 1
+    assert torch.equal(seq.answers, shuf.answers)
+    last = seq.tokens[torch.arange(len(seq)), seq.position("END") - 1]
+    last_shuf = shuf.tokens[torch.arange(len(shuf)), shuf.position("END") - 1]
+    assert not (last == last_shuf).any()  # the last item always moves
+    assert len(sh.make_sequence_prompts(data, max_per_task=5, tokenizer=tok)) == 8 * 5
+
+
+def test_context_scores_naive_vs_within_task():
+    data = sh.make_succession_dataset(tasks=["days", "months"])
+    seq = sh.make_sequence_prompts(data)
+    logits = {}
+    for task in ("days", "months"):
+        idx = [i for i, t in enumerate(seq.fields["task"]) if t == task]
+        size = len(data.task_rows(task))
+        lg = torch.zeros(len(idx), 1, 2, size)
+        for r, i in enumerate(idx):
+            lg[r, 0, 0] += 10.0  # head 0.0 boosts every item of the task ...
+            lg[r, 0, 0, seq.fields["pred_pos"][i]] += 1.0  # ... and the predecessor most
+            lg[r, 0, 1, seq.fields["answer_pos"][i]] += 2.0  # head 0.1: the successor
+        logits[task] = lg
+    out = sh.scores_from_context_logits(logits, seq)
+    assert top_heads(out["naive"], 1)[0][0] == "0.0"
+    assert out["within"].tolist() == [[0.0, 1.0]]
+    assert out["predecessor"].tolist() == [[1.0, 0.0]]
+    assert out["per_task"]["days"]["within"].tolist() == [[0.0, 1.0]]
+    with pytest.raises(ValueError, match="logit rows"):
+        sh.scores_from_context_logits({"days": logits["days"][:2]}, seq)
+
+
+def test_head_logits_at_equals_direct_effects(tiny_model):
+    from helpers.effective_ov import head_logits_at
+
+    tokens = torch.randint(0, 1000, (5, 6))
+    pos = torch.tensor([5, 3, 1, 5, 2])
+    cols = torch.tensor([11, 12, 13])
+    out = head_logits_at(tiny_model, tokens, pos, cols, batch_size=2)  # [5, L, H, 3]
+    for c in range(3):
+        ref = head_direct_effects(tiny_model, tokens, torch.arange(5), pos, cols[c].repeat(5))
+        torch.testing.assert_close(out[..., c], ref["dla"], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="outside"):
+        head_logits_at(tiny_model, tokens, pos + 3, cols)
+
+
+def test_sequence_scores_naive_is_the_mean_dla_of_the_answer(tiny_model):
+    data = sh.make_succession_dataset(tasks=["days", "letters"])
+    seq = sh.make_sequence_prompts(data, max_per_task=4)
+    out = sh.sequence_scores(tiny_model, seq, data, batch_size=3)
+    ref = head_direct_effects(tiny_model, seq.tokens, torch.arange(len(seq)), seq.position("END"),
+                              seq.answers)["dla"]
+    torch.testing.assert_close(out["naive"], ref.mean(0), atol=1e-4, rtol=1e-4)
+    days = [i for i, t in enumerate(seq.fields["task"]) if t == "days"]
+    torch.testing.assert_close(out["per_task"]["days"]["naive"], ref[days].mean(0), atol=1e-4, rtol=1e-4)
+
+
+def test_ranking_table_and_letter_effects(tiny_model):
+    scores = torch.tensor([[0.1, 0.9], [0.5, 0.9]])
+    table = sh.ranking_table({"score": scores, "other": -scores}, "score")
+    assert table["head"].tolist() == ["0.1", "1.1", "1.0", "0.0"] and table.index[0] == 1
+    assert sh.head_rank(scores, "1.1") == 1 and sh.head_rank(scores, "0.0") == 4
+    with pytest.raises(ValueError, match="sort_by"):
+        sh.ranking_table({"score": scores}, "lift")
+    tokens = torch.randint(0, 1000, (4, 6))
+    answers = torch.randint(32, 58, (4, 2))
+    pos = {1: torch.full((4,), 3), 2: torch.full((4,), 4)}
+    df = sh.letter_position_effects(tiny_model, tokens, pos, answers, ["1.2"])
+    drop = head_direct_effects(tiny_model, tokens, torch.arange(4), pos[2], answers[:, 1])["drop"].mean(0)
+    assert df.loc[2, "1.2: mean drop"] == pytest.approx(drop[1, 2].item(), abs=1e-5)
+    assert df.loc[2, "1.2: rank"] == sh.head_rank(drop, "1.2")
 
 
 def test_effective_ov_matches_ov_logits_and_mlp0_matches_the_model(planted):

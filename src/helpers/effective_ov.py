@@ -16,6 +16,9 @@ model at once for a token-to-token map (copying, succession, ...):
   succession score: restricted to the task's tokens, is the successor on top?).
 * :func:`mean_logit_score`: the naive alternative, the target's logit above the vocabulary
   mean, which rewards a head that boosts a whole class of tokens.
+* :func:`head_logits_at`: the in-context counterpart: each head's *direct* logits (its
+  output at a prompt position through the final LayerNorm, scale frozen) over candidate
+  columns, so a head can be scored by argmax among candidates, not only by one token's DLA.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import torch
 from .circuits import Head, parse_head
 from .hooks import folded_layer_norm
 
-__all__ = ["token_inputs", "effective_ov_logits", "argmax_score", "mean_logit_score", "INPUTS"]
+__all__ = ["token_inputs", "effective_ov_logits", "argmax_score", "mean_logit_score", "head_logits_at",
+           "INPUTS"]
 
 INPUTS = ("embed", "mlp0", "embed+mlp0")
 
@@ -137,3 +141,56 @@ def mean_logit_score(logits_full_mean: torch.Tensor, target_logits: torch.Tensor
     head that raises the target's whole class, whether or not the target wins in it.
     """
     return (target_logits - logits_full_mean).mean(-1)
+
+
+@torch.no_grad()
+def head_logits_at(model, tokens: torch.Tensor, positions, columns, *, batch_size: int = 64) -> torch.Tensor:
+    """``[B, n_layers, n_heads, m]``: each head's direct logits at one position per prompt.
+
+    ``tokens`` ``[B, T]``; ``positions`` ``[B]`` (the position read in each prompt);
+    ``columns`` ``[m]`` token ids (the same candidates for every prompt). A head's direct
+    logit is its output ``z @ W_O`` at that position, centred and divided by the final
+    LayerNorm's scale of the clean run, onto ``W_U[:, column]``: the same quantity as
+    :func:`helpers.head_direct_effects`' ``dla`` for one answer, for many candidates at once.
+    """
+    from .hooks import StopForward, as_tokens, hook_name
+
+    tokens = as_tokens(tokens)
+    positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    columns = torch.as_tensor(columns, dtype=torch.long).reshape(-1)
+    if tokens.shape[0] == 0 or positions.shape != (tokens.shape[0],):
+        raise ValueError(f"need one position per prompt: {tokens.shape[0]} prompts, "
+                         f"{positions.numel()} positions")
+    if int(positions.min()) < 0 or int(positions.max()) >= tokens.shape[1]:
+        raise ValueError("a position lies outside tokens")
+    if columns.numel() == 0:
+        raise ValueError("columns is empty: give at least one candidate token")
+    n_layers = model.cfg.n_layers
+    U = model.W_U[:, columns.to(model.W_U.device)].float()
+    U = U - U.mean(0, keepdim=True)  # the folded final LN centres its input
+    readout = torch.einsum("lhed,dm->lhem", model.W_O.float(), U)  # each head's z onto each column
+    out = []
+    for start in range(0, tokens.shape[0], batch_size):
+        chunk = tokens[start:start + batch_size].to(model.cfg.device)
+        rows = torch.arange(chunk.shape[0], device=chunk.device)
+        p = positions[start:start + batch_size].to(chunk.device)
+        store: dict = {}
+
+        def keep_z(z, hook):
+            store[hook.name] = z[rows, p].float()
+
+        def stop(resid, hook):  # the final LN's scale, then skip the unembedding
+            x = resid[rows, p].float()
+            x = x - x.mean(-1, keepdim=True)
+            store["scale"] = (x.pow(2).mean(-1) + model.cfg.eps).sqrt()
+            raise StopForward
+
+        hooks = [(hook_name("z", L), keep_z) for L in range(n_layers)]
+        try:
+            model.run_with_hooks(chunk, fwd_hooks=hooks + [(hook_name("final_resid"), stop)])
+        except StopForward:
+            pass
+        z = torch.stack([store[hook_name("z", L)] for L in range(n_layers)], 1)  # [b, L, H, e]
+        scale = store["scale"].reshape(-1, 1, 1, 1)
+        out.append((torch.einsum("blhe,lhem->blhm", z, readout) / scale).cpu())
+    return torch.cat(out)

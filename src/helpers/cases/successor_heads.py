@@ -11,9 +11,15 @@ the next one (" Monday" → " Tuesday", " 3" → " 4"). This module holds what t
 * the **screen** (:func:`succession_scores`): every head's effective OV circuit on the 294
   tokens (``helpers.effective_ov``), a succession score per head and task, the pooled score,
   and the naive score a raw-logit ranking would use;
+* **the naive-DLA trap**: prompts of consecutive items (:func:`make_sequence_prompts`), each
+  head's direct logits in context (:func:`sequence_scores`: naive cross-task DLA, within-task
+  argmax, predecessor share; lift = ordered minus shuffled), and where a head's within-task
+  top token sits relative to the input (:func:`offset_shares`: −1 is an anti-successor);
+  :func:`ranking_table` for the full ranking;
 * **mod-10 features** (:func:`mod10_analysis`): sparse autoencoders (``helpers.sae``) on the
   MLP0 outputs of the numeric tokens, matched to index mod 10, and a linear probe;
-* **vector arithmetic** (:func:`vector_arithmetic_grid`);
+* **vector arithmetic** (:func:`vector_arithmetic_grid`, per task :func:`run_vector_arithmetic`,
+  a qualitative table beside the paper's Pythia pattern :func:`vector_arithmetic_comparison`);
 * prompts for the running-text sections: numbered lists written for the book
   (:data:`NUMBERED_LISTS`), acronym prompts (:func:`make_acronym_prompts`) and a natural-text
   sample (:func:`load_text_sample`: the Pile 10k sample from the hub when reachable, else a
@@ -34,8 +40,8 @@ from typing import Any
 
 import torch
 
-from ..circuits import Circuit
-from ..effective_ov import effective_ov_logits, mean_logit_score, token_inputs
+from ..circuits import Circuit, parse_head
+from ..effective_ov import effective_ov_logits, head_logits_at, mean_logit_score, token_inputs
 from ..prompts import PromptSet, _default_tokenizer, check_single_tokens
 from ..sae import match_features, train_probe, train_sae
 from ..scorecard import Reference
@@ -44,7 +50,10 @@ __all__ = [
     "TASKS", "WRAPS", "NUMERIC_TASKS", "SuccessionDataset", "make_succession_dataset",
     "succession_scores", "scores_from_logits", "numeric_rows", "mod10_analysis", "mod10_directions", "head_readout", "vector_arithmetic_grid", "NUMBERED_LISTS",
     "make_numbered_lists", "ACRONYMS", "make_acronym_prompts", "load_text_sample",
-    "categorise_wins", "SUCCESSOR", "SUCCESSOR_CIRCUIT", "EXPECTED_HEAD",
+    "categorise_wins", "SUCCESSOR", "SUCCESSOR_CIRCUIT", "EXPECTED_HEAD", "NAIVE_DLA_HEAD",
+    "single_token_share", "offset_shares", "head_rank", "ranking_table", "make_sequence_prompts",
+    "sequence_scores", "scores_from_context_logits", "VA_TASKS", "run_vector_arithmetic",
+    "vector_arithmetic_figure", "vector_arithmetic_comparison", "letter_position_effects",
 ]
 
 _NUMBER_WORDS = (
@@ -212,6 +221,172 @@ def scores_from_logits(logits: torch.Tensor, data: SuccessionDataset, *, restric
     return out
 
 
+def single_token_share(tokenizer: Any = None) -> float:
+    """Share of the 294 succession items (all 8 tasks, leading space) that are one GPT-2
+    token, counted on the tokenizer without raising (the dataset builder raises instead)."""
+    tokenizer = tokenizer or _default_tokenizer()
+    words = [w for task in TASKS.values() for w in task]
+    return sum(len(tokenizer.encode(" " + w)) == 1 for w in words) / len(words)
+
+
+def _task_offsets(data: SuccessionDataset, task: str) -> tuple[torch.Tensor, int, bool]:
+    rows = data.task_rows(task)
+    return rows, len(rows), task in WRAPS
+
+
+def offset_shares(logits: torch.Tensor, data: SuccessionDataset, offsets: Sequence[int] = (-1, 0, 1)) -> dict:
+    """Where a head's within-task top token sits relative to the input token.
+
+    ``logits`` ``[..., n, n]`` over the dataset's tokens (as :func:`scores_from_logits`).
+    For each scored token (one with a successor) the top token among its task's tokens is
+    found; its offset is (top's position − the token's position) in the task, taken modulo
+    the task's length for cyclic tasks. Returns ``{offset: [...] share of scored tokens}``:
+    +1 is the succession score, 0 copying, −1 an *anti-successor* (the predecessor).
+    """
+    n = len(data)
+    if logits.shape[-2:] != (n, n):
+        raise ValueError(f"logits must be [..., {n}, {n}] over the dataset's tokens, got {tuple(logits.shape)}")
+    counts = {k: torch.zeros(logits.shape[:-2]) for k in offsets}
+    for task in data.task_names:
+        rows, size, wraps = _task_offsets(data, task)
+        v = data.has_successor[rows]
+        top = logits[..., rows, :][..., rows].argmax(-1)  # [..., len(rows)] positions in task
+        diff = top - torch.arange(size)
+        if wraps:  # signed offset on the cycle: Monday → Sunday is −1
+            diff = diff % size
+            diff = torch.where(diff > size // 2, diff - size, diff)
+        for k in offsets:
+            counts[k] = counts[k] + (diff == k).float()[..., v].sum(-1)
+    n_scored = int(data.has_successor.sum())
+    return {k: c / n_scored for k, c in counts.items()}
+
+
+def head_rank(scores: torch.Tensor, head) -> int:
+    """1 + the number of heads scoring strictly higher than ``head`` (ties share a rank)."""
+    s = torch.as_tensor(scores).float()
+    value = s[parse_head(head)]
+    return int((torch.nan_to_num(s, nan=float("-inf")) > value).sum()) + 1
+
+
+def ranking_table(maps: dict[str, torch.Tensor], sort_by: str):
+    """A DataFrame with one row per head (``"L.H"``) and one column per ``[L, H]`` map in
+    ``maps``, sorted by ``sort_by`` (descending), indexed by rank 1..n."""
+    import pandas as pd
+
+    if sort_by not in maps:
+        raise ValueError(f"sort_by {sort_by!r} is not one of {list(maps)}")
+    shape = next(iter(maps.values())).shape
+    n_layers, n_heads = shape
+    cols = {"head": [f"{L}.{h}" for L in range(n_layers) for h in range(n_heads)]}
+    for name, m in maps.items():
+        if m.shape != shape:
+            raise ValueError(f"map {name!r} has shape {tuple(m.shape)}, expected {tuple(shape)}")
+        cols[name] = torch.as_tensor(m).float().flatten().tolist()
+    df = pd.DataFrame(cols).sort_values(sort_by, ascending=False, kind="stable")
+    df.index = pd.RangeIndex(1, len(df) + 1, name="rank")
+    return df
+
+
+# --------------------------------------------------------------------------- in context
+
+
+def make_sequence_prompts(data: SuccessionDataset, *, n_context: int = 3, shuffle: bool = False,
+                          seed: int = 0, max_per_task: int | None = None, tokenizer: Any = None) -> PromptSet:
+    """One prompt per scored item: its ``n_context`` items in order, comma-separated, the
+    answer the next item (``" Monday, Tuesday, Wednesday,"`` → ``" Thursday"``).
+
+    Items need ``n_context − 1`` predecessors (cyclic tasks wrap). ``shuffle``: the context
+    items in a seeded random order whose last item differs from the ordered prompt's (the
+    "context-shuffled" control of the lift score); the answer stays the same. ``fields``:
+    ``task``, ``answer_pos`` / ``last_pos`` / ``pred_pos`` (positions in the task of the
+    answer, of the last ordered context item and of its predecessor, −1 if none).
+    ``max_per_task``: keep at most that many prompts per task, evenly spaced (a size knob).
+    """
+    if n_context < 2:
+        raise ValueError("n_context must be at least 2 (the shuffle needs two items)")
+    tokenizer = tokenizer or data.tokenizer or _default_tokenizer()
+    gen = torch.Generator().manual_seed(seed)
+    prompts, answers, task_col, ans_pos, last_pos, pred_pos = [], [], [], [], [], []
+    for task in data.task_names:
+        rows, size, wraps = _task_offsets(data, task)
+        words = [data.fields["word"][i] for i in rows.tolist()]
+        items = [p for p in range(size)
+                 if data.has_successor[rows[p]] and (p >= n_context - 1 or wraps)]
+        if max_per_task is not None and len(items) > max_per_task:
+            items = [items[int(i)] for i in torch.linspace(0, len(items) - 1, max_per_task).round()]
+        for p in items:
+            ctx = [(p - k) % size for k in range(n_context - 1, -1, -1)]
+            if shuffle:
+                while True:
+                    perm = torch.randperm(n_context, generator=gen).tolist()
+                    if perm[-1] != n_context - 1:
+                        break
+                ctx = [ctx[i] for i in perm]
+            prompts.append("".join(f" {words[c]}," for c in ctx))
+            answers.append(" " + words[(p + 1) % size])
+            task_col.append(task)
+            ans_pos.append((p + 1) % size)
+            last_pos.append(p)
+            pred_pos.append((p - 1) % size if (p > 0 or wraps) else -1)
+    if not prompts:
+        raise ValueError("no item has enough predecessors for the context asked")
+    return PromptSet.from_texts(prompts, answers=answers, prepend_bos=True, tokenizer=tokenizer,
+                                fields={"task": task_col, "answer_pos": ans_pos, "last_pos": last_pos,
+                                        "pred_pos": pred_pos})
+
+
+def scores_from_context_logits(logits: dict[str, torch.Tensor], prompts: PromptSet) -> dict:
+    """Naive and within-task scores from each head's direct logits in context.
+
+    ``logits``: ``{task: [k, L, H, n_task]}``, the direct logits of the task's ``k``
+    prompts (in the order they appear in ``prompts``) over the task's tokens in task order.
+    Returns ``[L, H]`` maps pooled over all prompts: ``"naive"`` (mean direct logit of the
+    answer: cross-task DLA, no comparison), ``"within"`` (share of prompts whose top token
+    among the task's is the answer), ``"predecessor"`` (top = the predecessor of the last
+    context item: an anti-successor), ``"copy"`` (top = the last item); and
+    ``"per_task": {task: {"naive", "within"}}``.
+    """
+    f = prompts.fields
+    sums = {k: 0.0 for k in ("naive", "within", "predecessor", "copy")}
+    per_task, n = {}, 0
+    for task, lg in logits.items():
+        idx = [i for i, t in enumerate(f["task"]) if t == task]
+        if len(idx) != lg.shape[0]:
+            raise ValueError(f"task {task!r}: {lg.shape[0]} logit rows for {len(idx)} prompts")
+        ans = torch.tensor([f["answer_pos"][i] for i in idx])
+        last = torch.tensor([f["last_pos"][i] for i in idx])
+        pred = torch.tensor([f["pred_pos"][i] for i in idx])
+        k = torch.arange(len(idx))
+        answer_logit = lg.movedim(-1, 1)[k, ans]  # [k, L, H]
+        top = lg.argmax(-1)  # [k, L, H]
+        shape = (-1,) + (1,) * (top.ndim - 1)
+        hit = {"within": (top == ans.reshape(shape)).float(),
+               "predecessor": (top == pred.reshape(shape)).float(),
+               "copy": (top == last.reshape(shape)).float()}
+        per_task[task] = {"naive": answer_logit.mean(0), "within": hit["within"].mean(0)}
+        sums["naive"] = sums["naive"] + answer_logit.sum(0)
+        for key, h in hit.items():
+            sums[key] = sums[key] + h.sum(0)
+        n += len(idx)
+    out = {k: v / n for k, v in sums.items()}
+    out["per_task"] = per_task
+    return out
+
+
+@torch.no_grad()
+def sequence_scores(model, prompts: PromptSet, data: SuccessionDataset, *, batch_size: int = 64) -> dict:
+    """:func:`scores_from_context_logits` on ``prompts`` (from :func:`make_sequence_prompts`):
+    every head's direct logits at the last position over its task's tokens (one pass over
+    all prompts, read out on every dataset token, then sliced per task)."""
+    everything = head_logits_at(model, prompts.tokens, prompts.position("END"), data.token_ids,
+                                batch_size=batch_size)  # [B, L, H, n]
+    logits = {}
+    for task in dict.fromkeys(prompts.fields["task"]):
+        idx = torch.tensor([i for i, t in enumerate(prompts.fields["task"]) if t == task])
+        logits[task] = everything[idx][..., data.task_rows(task)]
+    return scores_from_context_logits(logits, prompts)
+
+
 # --------------------------------------------------------------------------- mod-10 features
 
 
@@ -272,8 +447,6 @@ def mod10_directions(mod: dict, x: torch.Tensor, seed_index: int = 0) -> tuple[t
 
 def head_readout(model, head, token_ids) -> Callable[[torch.Tensor], torch.Tensor]:
     """``r [k, d] -> [k, m]``: one head's effective-OV logits over ``token_ids``."""
-    from ..circuits import parse_head
-
     L, h = parse_head(head)
     ids = torch.as_tensor(token_ids, dtype=torch.long)
     return lambda r: effective_ov_logits(model, r.to(model.W_E.dtype), columns=ids, heads=[(L, h)])[L, h]
@@ -316,6 +489,70 @@ def vector_arithmetic_grid(reps: torch.Tensor, indices: Sequence[int], features:
                 target = (target - 1) % wrap + 1
             out[a, j] = bool(top[j] == target) and bool((cand == target).any())
     return out
+
+
+#: The tasks of the vector-arithmetic section and the source items of each (positions in
+#: the task; None: every item). Numbers: 20–29, the paper's Fig. 7 range.
+VA_TASKS: dict[str, range | None] = {"numbers": range(19, 29), "months": None, "days": None,
+                                     "letters": None}
+
+
+@torch.no_grad()
+def run_vector_arithmetic(model, data: SuccessionDataset, head, features: torch.Tensor,
+                          scales: torch.Tensor, tasks: dict[str, range | None] = VA_TASKS) -> dict:
+    """:func:`vector_arithmetic_grid` through ``head``'s effective OV circuit for each task.
+
+    Candidates are the task's own tokens; cyclic tasks wrap. Returns ``{task: {"grid":
+    [n, 10] bool, "sources": [n] words, "success": float}}``.
+    """
+    out = {}
+    for task, positions in tasks.items():
+        t_rows = data.task_rows(task)
+        src = t_rows if positions is None else t_rows[list(positions)]
+        idx = [data.fields["index"][i] for i in src.tolist()]
+        reps = token_inputs(model, data.token_ids[src], "mlp0").float()
+        readout = head_readout(model, head, data.token_ids[t_rows])
+        cand = [data.fields["index"][i] for i in t_rows.tolist()]
+        grid = vector_arithmetic_grid(reps, idx, features, readout, cand, scale=scales,
+                                      wrap=len(t_rows) if task in WRAPS else None)
+        out[task] = {"grid": grid, "sources": [data.fields["word"][i] for i in src.tolist()],
+                     "success": grid.float().mean().item()}
+    return out
+
+
+def vector_arithmetic_figure(results: dict, head: str):
+    """One heatmap per task (a cell is green when the edit to residue j steered the head to
+    the successor of the edited index), side by side with a shared colour scale."""
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    tasks = list(results)
+    fig = make_subplots(rows=1, cols=len(tasks), horizontal_spacing=0.06,
+                        subplot_titles=[f"{t} ({results[t]['success']:.0%})" for t in tasks])
+    for c, t in enumerate(tasks, start=1):
+        g = results[t]["grid"].float().numpy()
+        fig.add_trace(go.Heatmap(z=g, x=[f"f{j}" for j in range(10)], y=results[t]["sources"],
+                                 zmin=0, zmax=1, colorscale="Greens", showscale=False,
+                                 hovertemplate="%{y} + %{x}: %{z}<extra></extra>"), row=1, col=c)
+        fig.update_xaxes(title_text="residue added", tickangle=0, tickfont=dict(size=8), row=1, col=c)
+        fig.update_yaxes(autorange="reversed", tickfont=dict(size=8), row=1, col=c)
+    fig.update_yaxes(title_text="source token", row=1, col=1)
+    fig.update_layout(title=f"Vector arithmetic through {head}: success per source token and "
+                      "added residue", height=560)
+    return fig
+
+
+def vector_arithmetic_comparison(success: dict[str, float]):
+    """A table of this run's vector-arithmetic success beside the pattern the paper reports
+    on **Pythia** (secondary source): informational, no verdict, since the paper's numbers
+    are not GPT-2's (the fact sheet asks for a qualitative comparison only)."""
+    import pandas as pd
+
+    paper = {"numbers": "≈ 89% (numbers 20–29)", "months": "≈ 53%", "days": "fails",
+             "letters": "fails"}
+    rows = [{"task": t, "this run (GPT-2)": f"{v:.0%}",
+             "the paper (Pythia, secondary source)": paper.get(t, "—")} for t, v in success.items()]
+    return pd.DataFrame(rows).set_index("task")
 
 
 # --------------------------------------------------------------------------- running text
@@ -389,6 +626,36 @@ def make_acronym_prompts(items=ACRONYMS, tokenizer: Any = None) -> PromptSet:
     return PromptSet.from_texts(prompts, answers=answers, fields={"acronym": names}, tokenizer=tokenizer)
 
 
+@torch.no_grad()
+def letter_position_effects(model, tokens: torch.Tensor, positions: dict[int, torch.Tensor],
+                            answers: torch.Tensor, heads: Sequence[str]):
+    """Per letter of an acronym: the direct-effect mean-ablation drop of each head in
+    ``heads`` on the correct letter, its rank among all heads, and the top head.
+
+    ``positions``: ``{letter: [n] positions where it is predicted}``; ``answers`` ``[n,
+    n_letters]`` (letter i in column i − 1), as in the acronyms chapter's dataset.
+    """
+    import pandas as pd
+
+    from ..attribution import head_direct_effects
+    from ..heads import top_heads
+
+    n = tokens.shape[0]
+    rows = []
+    for letter, pos in positions.items():
+        eff = head_direct_effects(model, tokens, torch.arange(n), pos, answers[:, letter - 1],
+                                  batch_size=64)
+        drop = eff["drop"].mean(0)
+        row = {"letter": letter}
+        for h in heads:
+            row[f"{h}: mean drop"] = drop[parse_head(h)].item()
+            row[f"{h}: rank"] = head_rank(drop, h)
+        best, value = top_heads(drop, 1)[0]
+        row["top head"] = f"{best} ({value:+.3f})"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("letter")
+
+
 _TEXT_FILE = Path(__file__).with_name("successor_heads_text.txt")
 
 
@@ -400,20 +667,13 @@ def load_text_sample(n_docs: int = 16, *, use_hub: bool = False, max_chars: int 
     analyses), each cut to ``max_chars``. Otherwise the paragraphs of the short text
     shipped with this module (written for the book, dedicated to the public domain, CC0).
     """
-    if n_docs < 1:
-        raise ValueError("n_docs must be at least 1")
-    if use_hub:
-        try:
-            from datasets import load_dataset
+    from ..corpus import text_sample
 
-            ds = load_dataset("NeelNanda/pile-10k", split=f"train[:{n_docs}]")
-            return [t[:max_chars] for t in ds["text"]], "the Pile 10k sample (NeelNanda/pile-10k)"
-        except Exception as err:  # the hub answered for the model but not for the data set
-            print(f"The Pile sample could not be loaded ({type(err).__name__}); using the shipped text.")
     text = _TEXT_FILE.read_text(encoding="utf-8")
     body = text.split("\n---\n", 1)[1]
     docs = [p.strip() for p in body.split("\n\n") if p.strip()]
-    return docs[:n_docs], "the book's own text sample (CC0, successor_heads_text.txt)"
+    return text_sample(docs, n_docs, use_hub=use_hub, max_chars=max_chars,
+                       shipped_name="the book's own text sample (CC0, successor_heads_text.txt)")
 
 
 _ORDINAL_WORDS = {w for task in TASKS for w in TASKS[task]}
@@ -452,6 +712,9 @@ def categorise_wins(tokenizer, tokens: torch.Tensor, rows, positions, answers) -
 #: The head this chapter expects in GPT-2 small. Not from the paper: from the precursor post
 #: (Gould et al., LessWrong) and third-party validation notes; the chapter lets the screen name it.
 EXPECTED_HEAD = "9.1"
+#: The head the third-party notes say naive cross-task DLA ranks first in GPT-2 small (an
+#: anti-successor). The paper-expected value of the trap; the chapter measures its own.
+NAIVE_DLA_HEAD = "10.3"
 
 _SECONDARY = "secondary source"
 SUCCESSOR: dict[str, Reference] = {
@@ -476,6 +739,16 @@ SUCCESSOR: dict[str, Reference] = {
     "pile_greater_than": Reference(0.189, "share of the head's Pile wins that are greater-than (audit)",
                                    _SECONDARY, "Pythia-1.4B L12H0"),
     "days_only_9_1": Reference(1.0, "GPT-2 small, days: 9.1 is 7/7 (third-party notes)", _SECONDARY),
+    "single_tokens": Reference(1.0, "every item one GPT-2 token with its leading space (fact sheet, "
+                               "checked on GPT-2's tokenizer)", "paper text"),
+    "lift_rank_9_1": Reference(1, "GPT-2 small lift ranking: 9.1 first (+0.39), then 8.8, 11.10, 11.11, "
+                               "6.5 (third-party notes)", _SECONDARY),
+    "naive_rank_9_1": Reference(36, "GPT-2 small naive cross-task DLA: 9.1 ranks #36 (third-party notes)",
+                                _SECONDARY),
+    "naive_rank_10_3": Reference(1, "GPT-2 small naive cross-task DLA: 10.3 first, DLA +10.4 "
+                                 "(third-party notes)", _SECONDARY),
+    "naive_top_anti": Reference(1, "the naive-DLA top head (10.3) is an anti-successor (third-party notes)",
+                                _SECONDARY),
 }
 
 #: The successor head of GPT-2 small as a one-head "circuit" (its class and where it acts).
