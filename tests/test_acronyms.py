@@ -388,3 +388,16 @@ def test_mover_attention_check_passes_the_reference_and_names_known_mistakes():
     assert "off by one" in check_mover_attention(lambda p: p[:, :, [7, 8, 9], [2, 4, 6]].mean(0)).message
     per_prompt = check_mover_attention(lambda p: p[:, :, [8, 9, 10], [2, 4, 6]])
     assert per_prompt.status == "fail" and "shape" in per_prompt.message
+
+
+def test_scorecard_rows_name_published_numbers():
+    """Every table-driven scorecard row points at a number in ACRONYMS and a real head."""
+    from helpers.cases import acronyms as acr
+    from helpers.scorecard import Reference
+
+    for key, (L, H), tol in acr.HEAD_PATCH_ROWS:
+        assert set(acr.ACRONYMS[key]) <= {1, 2, 3} and 0 <= L < 12 and 0 <= H < 12 and tol > 0
+        assert all(isinstance(r, Reference) for r in acr.ACRONYMS[key].values())
+    for key, (L, H), where, tol in acr.PREVIOUS_WORD_ROWS:
+        assert isinstance(acr.ACRONYMS[key], Reference) and where in ("C2", "P2")
+        assert (where == "P2") == ("_at_A_" in key) and 0 <= L < 12 and 0 <= H < 12 and tol > 0

@@ -39,6 +39,8 @@ from ..prompts import PAD_TOKEN_ID, PromptSet, _default_tokenizer, tokenize
 from ..scorecard import Reference
 
 __all__ = [
+    "HEAD_PATCH_ROWS",
+    "PREVIOUS_WORD_ROWS",
     "POSITION_NAMES",
     "PREDICTION_POSITIONS",
     "LETTER_IDS",
@@ -371,6 +373,28 @@ ACRONYMS: dict[str, Any] = {
         0.14, "Figs. 12–14 (C1 ↔ C2, letter 1: 0.20 → 0.14), read from a figure", "official code"
     ),
 }
+
+#: Scorecard rows of head patching with the current word corrupted: (key of
+#: :data:`ACRONYMS`, head, tolerance), one row per letter that the key has a number for.
+HEAD_PATCH_ROWS = (
+    ("patch_811", (8, 11), 0.5),
+    ("patch_1010", (10, 10), 0.5),
+    ("patch_114", (11, 4), 0.5),
+    ("patch_99", (9, 9), 0.2),  # a small effect: its sign must hold
+)
+
+#: Scorecard rows of the previous-words experiment (letter 2): (key of :data:`ACRONYMS`,
+#: head, where the head is patched, tolerance). ``"P2"`` is the data set's name for the
+#: paper's A1 (the position that predicts letter 2); values at C2 are tiny, so their
+#: tolerance is the reading error itself.
+PREVIOUS_WORD_ROWS = (
+    ("prev_words_at_A_811_letter2", (8, 11), "P2", 0.3),
+    ("prev_words_at_A_58_letter2", (5, 8), "P2", 0.3),
+    ("prev_words_at_A_1010_letter2", (10, 10), "P2", 0.3),
+    ("prev_words_at_C_411_letter2", (4, 11), "C2", 0.1),
+    ("prev_words_at_C_10_letter2", (1, 0), "C2", 0.1),
+    ("prev_words_at_C_22_letter2", (2, 2), "C2", 0.1),
+)
 
 #: The 8-head circuit in three groups (the fact sheet; 5.8's name in the paper is
 #: unconfirmed, so it gets a neutral one). Heads keep every position, as in the paper's
