@@ -55,6 +55,7 @@ from helpers import (  # noqa: E402
     patch_resid_by_position,
 )
 from helpers.cases.ioi import make_ioi_dataset  # noqa: E402
+from helpers.patching import _copies  # noqa: E402
 
 SWEEPS = ("heads", "heads_by_pos", "resid", "layers")
 
@@ -72,7 +73,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default=",".join(SWEEPS), help=f"comma-separated subset of {SWEEPS}")
     parser.add_argument("--by-pos-columns", type=int, default=4, help="columns for heads_by_pos (evenly spaced, last included)")
-    parser.add_argument("--copies", type=int, default=1, help="configurations stacked per pass in the casebook's sweeps")
+    parser.add_argument("--copies", type=int, default=None,
+                        help="configurations stacked per pass in the casebook's sweeps (default: the library's, "
+                        "as many as fit in helpers.patching.DEFAULT_SWEEP_TOKENS tokens)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--engine", choices=["blocks", "start_at_layer"], default="blocks")
     parser.add_argument("--no-kv-cache", action="store_true",
@@ -106,7 +109,7 @@ def main() -> None:
         f"prompts: {batch} IOI prompts (p_IOI clean, p_ABC corrupted), padded to {seq} tokens; "
         f"metric: logit diff IO - S at END; transformer-lens {version('transformer-lens')}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; casebook engine: {args.engine}, "
-        f"copies: {args.copies}, key-value cache for unpatched positions: {not args.no_kv_cache}"
+        f"copies: {args.copies or _copies(batch, seq, None)}, key-value cache for unpatched positions: {not args.no_kv_cache}"
     )
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     cols = sorted({round(i * (seq - 1) / args.by_pos_columns) for i in range(1, args.by_pos_columns + 1)})
@@ -144,7 +147,7 @@ def main() -> None:
             model, corrupt, tl_cache(), metric, end_rows_setter, "resid_pre", index_axis_names=["layer"]
         )
 
-    kw = dict(direction="clean->corrupted", batch_tokens=args.copies * batch * seq)
+    kw = dict(direction="clean->corrupted", batch_tokens=args.copies * batch * seq if args.copies else None)
     casebook = {
         "heads": lambda: patch_heads(model, clean, corrupt, metric, **kw),
         "heads_by_pos": lambda: patch_heads_by_position(model, clean, corrupt, metric, positions=cols, **kw)[:, cols],

@@ -213,11 +213,13 @@ def test_positions_before_the_first_difference_are_not_run(planted):  # noqa: F8
 
 def test_copies_give_the_same_values(planted):  # noqa: F811
     m, metric = planted.model, LogitDiffMetric(planted.answer, planted.wrong, planted.end)
-    one = patch_heads(m, planted.clean, planted.corrupt, metric)
+    one = patch_heads(m, planted.clean, planted.corrupt, metric, batch_tokens=1)  # one per pass
     n = planted.clean.numel()
+    default = patch_heads(m, planted.clean, planted.corrupt, metric)  # stacked up to 512 tokens
+    assert torch.allclose(one, default, atol=TOL)
     four = patch_heads(m, planted.clean, planted.corrupt, metric, batch_tokens=4 * n)
     assert torch.allclose(one, four, atol=TOL)
-    one = patch_resid_by_position(m, planted.clean, planted.corrupt, metric, hook="resid_post")
+    one = patch_resid_by_position(m, planted.clean, planted.corrupt, metric, hook="resid_post", batch_tokens=1)
     three = patch_resid_by_position(m, planted.clean, planted.corrupt, metric, hook="resid_post", batch_tokens=3 * n)
     assert torch.allclose(one, three, atol=TOL)
 

@@ -41,9 +41,10 @@ reproduce it either, the bridge-forward fallback is used), and the
 scorer's unpatched value must equal the metric of the library's full logits (else full
 logits are used throughout).
 
-Batching configurations along the batch axis (``copies``, from the public ``batch_tokens``)
-is supported but off by default: once passes start at the patched layer it did not pay on a
-2-core CPU (``scripts/bench_activation_patching.py --copies``). Memory: the target's
+Configurations starting at the same layer are stacked along the batch axis (``copies``,
+from the public ``batch_tokens``; by default up to ``patching.DEFAULT_SWEEP_TOKENS`` tokens a
+pass): with few prompts the bridge's fixed Python cost per pass dominates and stacking pays
+(4× at 2 prompts), with many it does not (``scripts/bench_activation_patching.py --copies``). Memory: the target's
 ``resid_pre`` at the needed layers plus the source's patched activations, each
 ``[batch, seq, d_model]`` per layer (GPT-2 medium, 100 prompts × 20 tokens: ~8 MB a layer,
 ~0.4 GB for a whole-model sweep), the target's keys and values from the first patched layer
