@@ -396,3 +396,17 @@ def test_circuit_stages_rejects_unknown_stages():
 
     with pytest.raises(ValueError, match="unknown stages"):
         circuit_stages(None, None, None, MEDIUM_ROLES, only=["logit"])
+
+
+def test_stage_choice_is_checked():
+    from helpers.cases.circuit_reuse import STAGES, check_stage_choice
+
+    every = [name for name, *_ in STAGES]
+    assert check_stage_choice(every[::-1], ["logits"]) == every  # the paper's order back
+    assert check_stage_choice(["movers' queries", "logits"], []) == every[:2]
+    with pytest.raises(ValueError, match="leaves out 'logits'"):
+        check_stage_choice(every[1:], [])
+    with pytest.raises(ValueError, match="does not run"):
+        check_stage_choice(["logits"], ["logits", "movers' queries"])
+    with pytest.raises(ValueError, match="unknown stages \\['logit'\\]"):
+        check_stage_choice(["logit"], [])

@@ -294,6 +294,27 @@ STAGES = (
 )
 
 
+def check_stage_choice(stages, control_stages) -> list[str]:
+    """The chapter's ``stages`` parameter, checked: known names, the logits stage among them
+    (the scorecard counts its senders), and ``control_stages`` a subset (the control is
+    compared with IOI stage by stage). Returns the names in :data:`STAGES` order."""
+    names = [name for name, *_ in STAGES]
+    chosen = list(stages)
+    unknown = [s for s in [*chosen, *control_stages] if s not in names]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}: the stages are {names}; set `stages` and "
+                         f"`control_stages` in the parameters cell to some of these names.")
+    if "logits" not in chosen:
+        raise ValueError(f"stages={chosen} leaves out 'logits': the scorecard and the first "
+                         f"overlap row need it; add 'logits' to `stages`.")
+    extra = [s for s in control_stages if s not in chosen]
+    if extra:
+        raise ValueError(f"control_stages names {extra}, which `stages` does not run, so there "
+                         f"is no IOI map to compare the control with; add them to `stages` or "
+                         f"drop them from `control_stages`.")
+    return [s for s in names if s in chosen]
+
+
 def circuit_stages(model, clean: PromptSet, corrupt: PromptSet, roles: Circuit, *,
                    value_senders: Any = None, only: Any = None,
                    progress: bool = False) -> dict[str, torch.Tensor]:
