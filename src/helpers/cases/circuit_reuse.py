@@ -294,16 +294,22 @@ STAGES = (
 )
 
 
+def _known_stages(chosen) -> list[str]:
+    """The stage names in :data:`STAGES` order, after checking every name in ``chosen``."""
+    names = [name for name, *_ in STAGES]
+    unknown = [s for s in chosen if s not in names]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}: the stages are {names}; set `stages` and "
+                         f"`control_stages` (the parameters cell) to some of these names.")
+    return names
+
+
 def check_stage_choice(stages, control_stages) -> list[str]:
     """The chapter's ``stages`` parameter, checked: known names, the logits stage among them
     (the scorecard counts its senders), and ``control_stages`` a subset (the control is
     compared with IOI stage by stage). Returns the names in :data:`STAGES` order."""
-    names = [name for name, *_ in STAGES]
     chosen = list(stages)
-    unknown = [s for s in [*chosen, *control_stages] if s not in names]
-    if unknown:
-        raise ValueError(f"unknown stages {unknown}: the stages are {names}; set `stages` and "
-                         f"`control_stages` in the parameters cell to some of these names.")
+    names = _known_stages([*chosen, *control_stages])
     if "logits" not in chosen:
         raise ValueError(f"stages={chosen} leaves out 'logits': the scorecard and the first "
                          f"overlap row need it; add 'logits' to `stages`.")
@@ -325,10 +331,7 @@ def circuit_stages(model, clean: PromptSet, corrupt: PromptSet, roles: Circuit, 
     from ..metrics import LogitDiffMetric
     from ..path_patching import path_patch
 
-    names = [name for name, *_ in STAGES]
-    unknown = [s for s in (only or ()) if s not in names]
-    if unknown:
-        raise ValueError(f"unknown stages {unknown}; the stages are {names}")
+    _known_stages(only or ())
     metric = LogitDiffMetric(clean.answers, clean.wrong, clean.positions["END"])
     out = {}
     for name, role, inp, where in STAGES:
