@@ -182,13 +182,14 @@ def test_mover_color_attention_batched_equals_one_full_run(tiny_model, cobj):
         asked = torch.nn.functional.one_hot(ds.asked, 3).bool()
         return at[:, asked].mean(-1).mean().item(), at[:, ~asked].mean(-1).mean().item()
 
-    for hooks, batch_hooks in (((), ()), (rows_hooks, lambda idx: attention_edit_hooks(
-            tiny_model, [(1, 0)], end[idx], rows=wrong_color_rows(ds)[idx]))):
-        got = mover_color_attention(tiny_model, ds, movers, fwd_hooks=batch_hooks, batch_size=3)
+    batch_hooks = lambda idx: attention_edit_hooks(tiny_model, [(1, 0)], end[idx], rows=wrong_color_rows(ds)[idx])
+    got = mover_color_attention(tiny_model, ds, movers, {"before": (), "after": batch_hooks}, batch_size=3)
+    for name, hooks in (("before", ()), ("after", rows_hooks)):
         right, wrong = by_hand(hooks)
-        assert got == {"right color": pytest.approx(right, abs=1e-6), "each wrong color": pytest.approx(wrong, abs=1e-6)}
-    edited = mover_color_attention(tiny_model, ds, [(1, 0)], fwd_hooks=batch_hooks, batch_size=3)
-    assert edited == {"right color": pytest.approx(0.0, abs=1e-6), "each wrong color": pytest.approx(0.5)}
+        assert got[name] == {"right color": pytest.approx(right, abs=1e-6), "each wrong color": pytest.approx(wrong, abs=1e-6)}
+    assert got["before"] != got["after"]
+    edited = mover_color_attention(tiny_model, ds, [(1, 0)], {"after": batch_hooks}, batch_size=3)
+    assert edited == {"after": {"right color": pytest.approx(0.0, abs=1e-6), "each wrong color": pytest.approx(0.5)}}
 
 
 def test_path_patching_on_gpt2_medium_shape_matches_the_reference(cobj):

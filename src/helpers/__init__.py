@@ -34,7 +34,7 @@ from .debugger import (
 from .display import attention_view, model_banner, setup_notebook, show_attention, token_effect_view
 from .effective_ov import argmax_score, effective_ov_logits, head_logits_at, mean_logit_score, token_inputs
 from .heads import attention_between, copy_score, format_heads, ov_logits, top_fraction_heads, top_heads
-from .interventions import attention_edit_hooks
+from .interventions import attention_edit_hooks, edited_logits
 from .hooks import (
     activations_at,
     all_heads,

@@ -5,18 +5,27 @@ one query position per prompt, each chosen head's attention row is either replac
 given distribution (Merullo et al.'s repair of the inhibition heads: ½ on each wrong color)
 or has some keys blocked (their weight set to 0 and the row renormalised: attention
 knockout). Nothing else changes: other heads, other query positions, other layers.
+
+:func:`edited_logits` runs many such edits (conditions) on the same prompts cheaply: an edit
+at the query position cannot change any earlier position, so the positions before it run
+once per batch and each condition re-runs the query position alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Union
 
 import torch
 
 from .circuits import Head, parse_head
-from .hooks import hook_name
+from .hooks import as_tokens, hook_name, one_position_per_prompt
 
-__all__ = ["attention_edit_hooks"]
+__all__ = ["attention_edit_hooks", "edited_logits"]
+
+#: A condition's hooks: a list of ``(hook name, function)`` pairs, or a function of a batch's
+#: prompt indices (``[b]`` long) returning one.
+Hooks = Union[Sequence, Callable[[torch.Tensor], Sequence]]
 
 
 def attention_edit_hooks(
@@ -32,7 +41,9 @@ def attention_edit_hooks(
     ``query``: ``[n]`` positions. ``rows``: ``[n, seq]`` new attention rows (each must sum to 1
     and put no weight after its query position). ``block``: ``[n, seq]`` bool, keys whose
     weight is set to 0 before the row is renormalised (a row left with no weight raises).
-    Exactly one of ``rows`` and ``block`` is given.
+    Exactly one of ``rows`` and ``block`` is given. ``query`` is an absolute position: in a
+    run that reads the earlier positions' keys and values from a cache (the pattern has fewer
+    query rows than keys, as in :func:`edited_logits`), row ``query − cached`` is edited.
     """
     if (rows is None) == (block is None):
         raise ValueError("give exactly one of rows= (new attention rows) or block= (keys to block)")
@@ -64,8 +75,13 @@ def attention_edit_hooks(
         def edit(pattern, hook):  # [n, heads, query, key]
             pattern = pattern.clone()
             b = torch.arange(n, device=pattern.device)
-            q = query.to(pattern.device)
-            seq = pattern.shape[-1]
+            seq, n_query = pattern.shape[-1], pattern.shape[-2]
+            q = query.to(pattern.device) - (seq - n_query)  # the row of each query position
+            if pattern.shape[0] != n or (q < 0).any() or (q >= n_query).any():
+                raise ValueError(
+                    f"{hook.name}: the attention edit is for {n} prompts at query positions "
+                    f"{query.tolist()[:8]}, but this pass runs {pattern.shape[0]} prompts at positions "
+                    f"{seq - n_query}..{seq - 1}; build the hooks for the prompts and positions you run")
             for h in hs:
                 if rows is not None:
                     pattern[b, h, q] = rows[:, :seq].to(pattern)
@@ -80,3 +96,72 @@ def attention_edit_hooks(
         return edit
 
     return [(hook_name("pattern", L), make(hs)) for L, hs in sorted(by_layer.items())]
+
+
+def _run_hooks(hooks: Hooks, idx: torch.Tensor) -> list:
+    return list(hooks(idx) if callable(hooks) else hooks)
+
+
+@torch.no_grad()
+def edited_logits(model, tokens, query, conditions: Mapping[str, Hooks], *, batch_size: int = 50) -> dict[str, torch.Tensor]:
+    """``{name: [n, d_vocab]}``: the logits at each prompt's ``query`` position (``[n]``)
+    under each condition's hooks (a list, or a function of a batch's prompt indices).
+
+    For edits at the query position only, such as :func:`attention_edit_hooks`: the positions
+    before it are the same under every condition, so they run once per batch (one capture of
+    every layer's keys and values) and each condition re-runs the query position alone, its
+    attention reading the earlier keys and values from that cache through the bridge's own
+    blocks (``past_key_values``, the path ``generate`` uses; as in the patching sweeps). On
+    62-token prompts a condition then costs about 1/60 of a forward pass. Hooks see each
+    prompt cut after its query position, the query in the last row (in the cached run the
+    only row: ``hook_pattern`` is ``[b, heads, 1, keys]``), so they must not edit earlier
+    positions. Each batch first checks that the cached re-run without hooks reproduces the
+    full run; where it does not, every condition of that batch runs in full instead.
+    Memory: one batch's keys and values (GPT-2 medium, 50 prompts × 62 tokens: 0.6 GB).
+    """
+    from ._sweeps import FINAL, _capture, _kv_cache
+
+    tokens = as_tokens(tokens)
+    n, seq = tokens.shape
+    query = one_position_per_prompt(query, n, seq).cpu()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    dev, n_layers = model.cfg.device, model.cfg.n_layers
+    names = [hook_name("resid_pre", 0)] + [hook_name(kind, L) for L in range(n_layers) for kind in ("k", "v")]
+    rows: dict[str, list[torch.Tensor]] = {name: [] for name in conditions}
+    order: list[torch.Tensor] = []
+
+    def blocks(x, cache, hooks):
+        with model.hooks(fwd_hooks=hooks):
+            for block in model.blocks:
+                y = block(x, past_key_values=cache)
+                x = y[0] if isinstance(y, tuple) else y
+        return x[:, -1]
+
+    for start in range(0, n, batch_size):
+        chunk = torch.arange(start, min(start + batch_size, n))
+        for p in query[chunk].unique().tolist():
+            idx = chunk[query[chunk] == p]
+            toks = tokens[idx, : p + 1].to(dev)
+            acts = _capture(model, toks, names, until=FINAL)
+            kv = {L: (acts[hook_name("k", L)][:, :p].transpose(1, 2), acts[hook_name("v", L)][:, :p].transpose(1, 2))
+                  for L in range(n_layers)}
+            x = acts[hook_name("resid_pre", 0)][:, p : p + 1]
+            want = acts[FINAL][:, p]
+            got = blocks(x, _kv_cache(kv, 0, 1), []) if p > 0 else None
+            cached = got is not None and torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+            for name, hooks in conditions.items():
+                if cached:
+                    final = blocks(x, _kv_cache(kv, 0, 1), _run_hooks(hooks, idx))
+                else:
+                    store = {}
+
+                    def grab(t, hook, _store=store):
+                        _store["x"] = t[:, -1]
+
+                    model.run_with_hooks(toks, fwd_hooks=[*_run_hooks(hooks, idx), (FINAL, grab)])
+                    final = store["x"]
+                rows[name].append(model.unembed(model.ln_final(final[:, None]))[:, 0].cpu())
+            order.append(idx)
+    back = torch.argsort(torch.cat(order))
+    return {name: torch.cat(r)[back] for name, r in rows.items()}

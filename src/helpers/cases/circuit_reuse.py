@@ -49,6 +49,9 @@ __all__ = [
     "make_colored_objects",
     "flip_s2_to_io",
     "wrong_color_rows",
+    "accuracies",
+    "condition_accuracies",
+    "mover_color_attention",
     "top_changes",
     "stage_overlap",
     "role_overlap",
@@ -259,29 +262,34 @@ CIRCUIT_REUSE: dict[str, Reference] = {
 # --------------------------------------------------------------------------- analyses
 
 
-@torch.no_grad()
+def _accuracy(logits: torch.Tensor, answers: torch.Tensor, choices: torch.Tensor | None) -> dict[str, float]:
+    out = {"full": (logits.argmax(-1) == answers).float().mean().item()}
+    if choices is not None:
+        best = choices[torch.arange(len(choices)), logits.gather(1, choices).argmax(-1)]
+        out["choice"] = (best == answers).float().mean().item()
+    return out
+
+
+def condition_accuracies(model, ds: PromptSet, conditions, *, batch_size: int = 50,
+                         choices: torch.Tensor | None = None) -> dict[str, dict[str, float]]:
+    """``{condition: {"full": ..., "choice": ...}}``: :func:`accuracies` under each
+    condition's hooks (a list, or a function of a batch's prompt indices), for edits at END
+    only. The positions before END run once for all conditions
+    (:func:`helpers.interventions.edited_logits`), so ten conditions cost little more than one."""
+    from ..interventions import edited_logits
+
+    logits = edited_logits(model, ds.tokens, ds.positions["END"], conditions, batch_size=batch_size)
+    answers = torch.as_tensor(ds.answers).cpu()
+    return {name: _accuracy(lg, answers, choices) for name, lg in logits.items()}
+
+
 def accuracies(model, ds: PromptSet, *, fwd_hooks=(), batch_size: int = 50,
                choices: torch.Tensor | None = None) -> dict[str, float]:
     """``{"full": ..., "choice": ...}`` at END: the share of prompts whose top-1 token over
     the whole vocabulary is the answer (Merullo et al.'s accuracy), and, with ``choices``
-    (``[n, k]`` candidate tokens, e.g. the three listed colors), whose best candidate is."""
-    from ..hooks import logits_at_positions
-
-    full, choice = [], []
-    for start in range(0, len(ds), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(ds)))
-        hooks = fwd_hooks(idx) if callable(fwd_hooks) else fwd_hooks
-        logits = logits_at_positions(model, ds.tokens[idx], ds.positions["END"][idx], fwd_hooks=hooks).cpu()
-        answers = ds.answers[idx]
-        full.append(logits.argmax(-1) == answers)
-        if choices is not None:
-            cand = choices[idx]
-            best = cand[torch.arange(len(idx)), logits.gather(1, cand).argmax(-1)]
-            choice.append(best == answers)
-    out = {"full": torch.cat(full).float().mean().item()}
-    if choices is not None:
-        out["choice"] = torch.cat(choice).float().mean().item()
-    return out
+    (``[n, k]`` candidate tokens, e.g. the three listed colors), whose best candidate is.
+    ``fwd_hooks`` must act at END only (see :func:`condition_accuracies`)."""
+    return condition_accuracies(model, ds, {"": fwd_hooks}, batch_size=batch_size, choices=choices)[""]
 
 
 #: The path-patching stages (Wang et al.'s, as Merullo et al. rebuild them): receivers, their
@@ -345,43 +353,43 @@ def circuit_stages(model, clean: PromptSet, corrupt: PromptSet, roles: Circuit, 
     return out
 
 
-@torch.no_grad()
-def mover_color_attention(model, ds: ColoredObjects, movers, *, fwd_hooks=(), batch_size: int = 50) -> dict[str, float]:
-    """Mean attention of the ``movers`` from END to the right color and to each wrong one.
-
-    ``fwd_hooks`` as in :func:`accuracies` (a list, or a function of the prompt indices of a
-    batch). Runs ``batch_size`` prompts at a time and stops each pass after the last mover's
-    layer, keeping only the END rows: memory stays at one batch's activations, never the
-    ``[n, seq, d_vocab]`` logits."""
-    from ..hooks import StopForward, hook_name
+def mover_color_attention(model, ds: ColoredObjects, movers, conditions, *,
+                          batch_size: int = 50) -> dict[str, dict[str, float]]:
+    """``{condition: {"right color": ..., "each wrong color": ...}}``: the ``movers``' mean
+    attention from END to the asked color and to each other color, under each condition's
+    hooks (as in :func:`condition_accuracies`: edits at END only; the positions before END
+    run once for all conditions)."""
+    from ..hooks import hook_name
+    from ..interventions import edited_logits
 
     layers = sorted({L for L, _ in movers})
-    names = [hook_name("pattern", L) for L in layers]
-    end = ds.positions["END"]
-    mask = torch.nn.functional.one_hot(ds.asked, 3).bool()  # [n, 3]: the asked color
-    at = {head: [] for head in movers}  # per mover: [batch, 3] attention to the three colors
-    for start in range(0, len(ds), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(ds)))
-        hooks = list(fwd_hooks(idx) if callable(fwd_hooks) else fwd_hooks)
-        rows = torch.arange(len(idx))
-        seen: list[str] = []
+    seen = {name: {head: [] for head in movers} for name in conditions}  # [b, 3] per batch
+    order: dict[str, list[torch.Tensor]] = {name: [] for name in conditions}
 
-        def grab(t, hook, _rows=rows, _end=end[idx], _seen=seen):
-            L = int(hook.name.split(".")[1])
-            for head in movers:
-                if head[0] == L:
-                    at[head].append(t[_rows, head[1], _end][:, list(COLOR_POSITIONS)].cpu())
-            _seen.append(hook.name)
-            if len(_seen) == len(names):
-                raise StopForward
+    def with_grab(name, hooks):
+        def build(idx):
+            order[name].append(idx)
 
-        try:
-            model.run_with_hooks(ds.tokens[idx].to(model.cfg.device), fwd_hooks=hooks + [(n, grab) for n in names])
-        except StopForward:
-            pass
-    right = [torch.cat(at[head])[mask].mean() for head in movers]
-    wrong = [torch.cat(at[head])[~mask].mean() for head in movers]
-    return {"right color": torch.stack(right).mean().item(), "each wrong color": torch.stack(wrong).mean().item()}
+            def grab(t, hook):  # [b, heads, query rows, keys]: END is the last query row
+                L = int(hook.name.split(".")[1])
+                for head in movers:
+                    if head[0] == L:
+                        seen[name][head].append(t[:, head[1], -1][:, list(COLOR_POSITIONS)].cpu())
+
+            edits = list(hooks(idx) if callable(hooks) else hooks)
+            return edits + [(hook_name("pattern", L), grab) for L in layers]
+
+        return build
+
+    edited_logits(model, ds.tokens, ds.positions["END"],
+                  {name: with_grab(name, hooks) for name, hooks in conditions.items()}, batch_size=batch_size)
+    out = {}
+    for name in conditions:
+        asked = torch.nn.functional.one_hot(ds.asked[torch.cat(order[name])], 3).bool()  # [n, 3]
+        at = [torch.cat(seen[name][head]) for head in movers]
+        out[name] = {"right color": torch.stack([a[asked].mean() for a in at]).mean().item(),
+                     "each wrong color": torch.stack([a[~asked].mean() for a in at]).mean().item()}
+    return out
 
 
 # --------------------------------------------------------------------------- overlap
