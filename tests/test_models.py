@@ -30,6 +30,30 @@ def test_medium_shapes():
     assert logits.shape == (1, 5, 50257)
 
 
+def test_stand_in_weights_follow_gpt2_init():
+    """Every tensor initialised (built on meta, given memory, initialised once), as GPT-2's."""
+    from helpers.models import ModelSpec, _random_hf_gpt2
+
+    spec = ModelSpec("tiny-gpt2", "openai-community/gpt2", n_layers=2, n_heads=4, d_model=64)
+    hf = _random_hf_gpt2(spec, seed=0)
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied
+    names = set()
+    for name, p in hf.named_parameters():
+        names.add(name)
+        assert torch.isfinite(p).all(), name
+        if ".ln_" in name or "ln_f" in name:
+            expected = torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p)
+            assert torch.equal(p, expected), name
+        elif name.endswith("bias"):
+            assert torch.equal(p, torch.zeros_like(p)), name
+        else:  # N(0, 0.02); the residual projections N(0, 0.02 / sqrt(2 n_layers))
+            std = 0.02 / (2 * spec.n_layers) ** 0.5 if name.endswith("c_proj.weight") else 0.02
+            assert abs(p.std().item() - std) < 0.1 * std, (name, p.std().item())
+    assert "transformer.h.1.mlp.c_proj.weight" in names and "transformer.wpe.weight" in names
+    again = _random_hf_gpt2(spec, seed=0).state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in hf.state_dict().items())
+
+
 def test_stand_in_is_labelled_and_frozen(small_stand_in):
     assert small_stand_in.is_stand_in is True and is_stand_in(small_stand_in)
     assert small_stand_in.casebook_name == "gpt2-small"

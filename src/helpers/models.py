@@ -169,14 +169,8 @@ def _boot_pretrained(spec: ModelSpec, device: torch.device):
     return model
 
 
-def build_stand_in(spec: ModelSpec, *, seed: int = 0, device: str | torch.device = "cpu"):
-    """A bridge over a GPT-2-architecture model with seeded random weights (no network).
-
-    ``load_model(..., weights="random")`` calls this with a supported size; tests call it
-    with a tiny ``ModelSpec`` (e.g. 2 layers × 4 heads) to check the science code quickly.
-    Compatibility mode is not yet enabled on the result.
-    """
-    from transformer_lens.model_bridge import TransformerBridge
+def _random_hf_gpt2(spec: ModelSpec, seed: int):
+    """A Hugging Face ``GPT2LMHeadModel`` of ``spec``'s shape with GPT-2's init, seeded."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
@@ -186,9 +180,28 @@ def build_stand_in(spec: ModelSpec, *, seed: int = 0, device: str | torch.device
         n_positions=spec.n_ctx,
         vocab_size=spec.d_vocab,
     )
+    # Built on the meta device, then given memory and initialised once: the plain
+    # constructor initialises every weight twice (its layers' own init, then GPT-2's), which
+    # costs GPT-2 medium several seconds of a smoke build. Same distributions as GPT-2's init.
+    with torch.device("meta"):
+        hf_model = GPT2LMHeadModel(config)
+    hf_model.to_empty(device="cpu")
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
         torch.manual_seed(seed)
-        hf_model = GPT2LMHeadModel(config)
+        hf_model.init_weights()
+    return hf_model
+
+
+def build_stand_in(spec: ModelSpec, *, seed: int = 0, device: str | torch.device = "cpu"):
+    """A bridge over a GPT-2-architecture model with seeded random weights (no network).
+
+    ``load_model(..., weights="random")`` calls this with a supported size; tests call it
+    with a tiny ``ModelSpec`` (e.g. 2 layers × 4 heads) to check the science code quickly.
+    Compatibility mode is not yet enabled on the result.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model = _random_hf_gpt2(spec, seed)
     hf_model.eval()
     # The bridge rebuilds the tokenizer by its name_or_path when it sets up BOS, so the
     # tokenizer must come from a folder (an in-memory one has no name_or_path).
