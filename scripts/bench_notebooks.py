@@ -67,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {seconds:.1f} s (target {target} s); slowest cells:")
                 for cell_seconds, first in slowest_cells(out):
                     print(f"    {cell_seconds:7.1f} s  {first}")
-    print("\nSUMMARY (GPT-2-small-sized stand-in, CPU)")
-    print(f"{'notebook':<14}{'size':<9}{'seconds':>9}{'target':>8}  verdict")
+    print("\nSUMMARY (each chapter on its model's stand-in, CPU)")
+    width = max([len("notebook")] + [len(stem) for stem, *_ in rows]) + 2
+    print(f"{'notebook':<{width}}{'size':<9}{'seconds':>9}{'target':>8}  verdict")
     for stem, size, seconds, target in rows:
-        print(f"{stem:<14}{size:<9}{seconds:>9.1f}{target:>8}  {'MET' if seconds <= target else 'NOT MET'}")
+        verdict = "MET" if seconds <= target else "NOT MET"
+        print(f"{stem:<{width}}{size:<9}{seconds:>9.1f}{target:>8}  {verdict}")
     return 0 if all(seconds <= target for *_, seconds, target in rows) else 1
 
 
