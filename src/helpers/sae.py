@@ -73,7 +73,9 @@ def train_sae(
     Loss: mean squared reconstruction error + ``l1`` × mean L1 norm of the feature
     activations (weighted by the unit-norm decoder rows). ``normalize`` rescales ``x`` so
     its rows have mean norm ``sqrt(d)`` during training (``l1`` then means the same for any
-    input scale); the returned weights act on the original scale.
+    input scale); the returned weights act on the original scale. Everything is created on
+    ``x``'s device, in float32; the start is drawn from a CPU generator seeded with
+    ``seed``, so every device starts from the same weights.
     """
     x = torch.as_tensor(x).detach().float()
     if x.ndim != 2 or x.shape[0] < 2:
@@ -81,14 +83,17 @@ def train_sae(
     if n_features < 1 or steps < 1:
         raise ValueError("n_features and steps must be positive")
     n, d = x.shape
-    scale = (d ** 0.5) / x.norm(dim=1).mean().clamp_min(1e-12) if normalize else torch.tensor(1.0)
+    device = x.device
+    scale = ((d ** 0.5) / x.norm(dim=1).mean().clamp_min(1e-12) if normalize
+             else torch.tensor(1.0, device=device))
     xs = x * scale
+    # drawn on the CPU from a seeded generator, then moved: the same start on every device
     gen = torch.Generator().manual_seed(seed)
-    W_dec = torch.randn(n_features, d, generator=gen)
+    W_dec = torch.randn(n_features, d, generator=gen).to(device)
     W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
     params = {
         "W_enc": W_dec.T.clone().requires_grad_(True),
-        "b_enc": torch.zeros(n_features, requires_grad=True),
+        "b_enc": torch.zeros(n_features, device=device, requires_grad=True),
         "W_dec": W_dec.clone().requires_grad_(True),
         "b_dec": xs.mean(0).clone().requires_grad_(True),
     }
@@ -136,19 +141,22 @@ def train_probe(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A softmax (multinomial logistic) probe: ``(W [n_classes, d], b [n_classes])``.
 
-    Trained full batch with Adam and an L2 penalty; predict with ``(x @ W.T + b).argmax(-1)``.
+    Trained full batch with Adam and an L2 penalty on ``x``'s device (``labels`` are moved
+    there; the start is drawn from a CPU generator seeded with ``seed``, so every device
+    starts alike); predict with ``(x @ W.T + b).argmax(-1)``.
     Rows of ``W`` are the class directions in the input space (centre ``x`` first if the
     classes should not share an offset).
     """
     x = torch.as_tensor(x).detach().float()
-    labels = torch.as_tensor(labels, dtype=torch.long)
+    labels = torch.as_tensor(labels, dtype=torch.long).to(x.device)
     if x.ndim != 2 or labels.shape != (x.shape[0],):
         raise ValueError(f"x must be [n, d] and labels [n]; got {tuple(x.shape)} and {tuple(labels.shape)}")
     if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
         raise ValueError(f"labels must be in 0..{n_classes - 1}")
+    # drawn on the CPU from a seeded generator, then moved: the same start on every device
     gen = torch.Generator().manual_seed(seed)
-    W = (0.01 * torch.randn(n_classes, x.shape[1], generator=gen)).requires_grad_(True)
-    b = torch.zeros(n_classes, requires_grad=True)
+    W = (0.01 * torch.randn(n_classes, x.shape[1], generator=gen)).to(x.device).requires_grad_(True)
+    b = torch.zeros(n_classes, device=x.device, requires_grad=True)
     opt = torch.optim.Adam([W, b], lr=lr)
     with torch.enable_grad(), _one_thread():
         for _ in range(steps):
