@@ -48,12 +48,12 @@ def test_banner_marks_the_stand_in(small_stand_in):
 def test_scorecard_verdicts():
     ref = Reference(3.56, "Wang et al. 2022, §2")
     real = Scorecard("real", stand_in=False)
-    real.add("LD", ref, 3.4, tolerance=0.3).add("LD far", ref, 2.0, tolerance=0.3)
-    real.add("rel", ref, 3.9, tolerance=0.1, relative=True)
+    real.band("LD", ref, 3.4, 0.3, null=0).band("LD far", ref, 2.0, 0.3, null=0)
+    real.band("rel", ref, 3.9, 0.1, relative=True, null=0)
     assert real.verdicts() == ["✓ holds", "✗ differs", "✓ holds"]
     assert not real.all_hold
     fake = Scorecard("stand-in", stand_in=True)
-    fake.add("LD", ref, -0.2, tolerance=0.3).add("heads", Reference(144, "arch"), 143, tolerance=0, structural=True)
+    fake.band("LD", ref, -0.2, 0.3, null=0).data_check("heads", Reference(144, "arch"), 143)
     assert fake.verdicts() == ["n/a (stand-in)", "✗ differs"]
     assert "stand-in" in fake._repr_html_()
 

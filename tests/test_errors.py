@@ -77,4 +77,4 @@ def test_circuitsvis_mode_is_checked():
 def test_scorecard_rejects_negative_tolerance():
     card = Scorecard("t", stand_in=False)
     with pytest.raises(ValueError, match="-1"):
-        card.add("x", Reference(1.0, "src"), 1.0, tolerance=-1)
+        card.band("x", Reference(1.0, "src"), 1.0, -1, null=0)
