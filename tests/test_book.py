@@ -120,37 +120,6 @@ def test_a_failing_notebook_fails_the_build(tmp_path, capsys):
     assert "chapter broke here" in captured.out + captured.err
 
 
-def test_status_page_is_generated_from_the_executed_scorecards(built):
-    """The reproduction-status page: one row per chapter, built from the executed notebooks."""
-    out, stdout = built
-    sys.path.insert(0, str(ROOT / "src"))
-    from helpers import scorecard_data
-
-    assert "executed: " in stdout and "reused from the cache: none" in stdout  # a cold cache
-    page = (out / "html" / "book" / "status.html").read_text(encoding="utf-8")
-    index = (out / "html" / "book" / "intro.html").read_text(encoding="utf-8")  # index.html redirects
-    assert "status.html" in index  # in the table of contents
-    assert "Reproduction status" in page and "structure checks only" in page
-    assert "casebook-status-pass" not in page and "✓ reproduces" not in page  # stand-in build
-    summary = json.loads((out / "scorecards" / "summary.json").read_text())
-    assert summary["weights"] == "random"
-    assert [c["chapter"] for c in summary["chapters"]] == [p.stem for p in _toc_order(NOTEBOOKS)]
-    for chapter in summary["chapters"]:
-        executed = json.loads((out / "stage" / "notebooks" / f"{chapter['chapter']}.ipynb").read_text())
-        cards = scorecard_data.extract(executed)
-        assert cards, f"{chapter['chapter']} shows no scorecard"
-        assert chapter["scorecards"] == [c["title"] for c in cards]
-        structural = [r for c in cards for r in c["rows"] if r["structural"]]
-        assert chapter["structure_checks"] == len(structural) and chapter["numbers_reproduced"] is None
-        assert all(r["status"] == "n/a" for c in cards for r in c["rows"] if not r["structural"])
-        data = json.loads((out / "scorecards" / f"{chapter['chapter']}.json").read_text())
-        assert [c["title"] for c in data["scorecards"]] == chapter["scorecards"]
-        chapter_page = (out / "html" / "notebooks" / f"{chapter['chapter']}.html").read_text(encoding="utf-8")
-        for card in cards:
-            assert f'id="{card["anchor"]}"' in chapter_page  # the link target exists
-            assert f'../notebooks/{chapter["chapter"]}.html#{card["anchor"]}' in page
-
-
 def _toc_order(paths):
     toc = (ROOT / "_toc.yml").read_text()
     return sorted(paths, key=lambda p: toc.index(f"notebooks/{p.stem}"))
