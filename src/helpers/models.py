@@ -9,17 +9,42 @@ Two ways to get a model, one call:
   architecture with seeded random weights and GPT-2's real tokenizer, built from files shipped
   in this package. It touches no network. Prompts, token positions, shapes, runtime and
   memory are the real model's; the numbers it computes mean nothing.
+
+**The stand-in's parameters** have GPT-2's kinds, drawn from stated distributions
+(``STAND_IN_INIT``), so that a helper that drops or double-counts a bias changes numbers:
+GPT-2's own init for the matrices (every weight N(0, 0.02²); the residual projections
+``attn.c_proj`` and ``mlp.c_proj`` N(0, 0.02² / (2 n_layers)); ``wte`` and ``wpe`` N(0, 0.02²);
+the unembedding tied to ``wte``), then, where GPT-2's init puts zeros and ones and the real
+GPT-2 does not:
+
+* the biases of the input projections (``attn.c_attn``: queries, keys, values; ``mlp.c_fc``):
+  N(0, 0.1²);
+* the biases of the output projections (``attn.c_proj``, ``mlp.c_proj``): N(0, 0.02²);
+* every LayerNorm (``ln_1``, ``ln_2``, ``ln_f``): weight N(1, 0.2²), bias N(0, 0.1²).
+
+So compatibility mode's folded ``b_U`` (``ln_f``'s bias through ``W_U``), ``b_O`` (the
+value biases folded in) and ``b_in`` are non-zero, as on the real GPT-2. All draws come from
+the seeded generator after GPT-2's init, in parameter order: same seed, same weights.
+
+**Devices.** The stand-in is built on the CPU (so a seed gives the same weights on every
+machine) and moved to the device before the bridge is booted, so its weights are where
+``model.cfg.device`` says. ``finish_model`` installs one rule for inputs: every tensor passed
+to ``model(...)``, ``run_with_cache(...)`` or ``run_with_hooks(...)`` is moved to the model's
+device first, so a notebook may pass CPU tokens. ``helpers.devices`` (the device harness)
+checks all this on a CPU-only machine.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import types
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from . import devices
 from .hub import (
     SUPPORTED_MODELS,
     ModelSpec,
@@ -44,6 +69,9 @@ __all__ = [
     "is_stand_in",
     "build_stand_in",
     "finish_model",
+    "STAND_IN_INIT",
+    "gpt2_like_parameters_",
+    "inputs_to_model_device",
 ]
 
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "gpt2-tokenizer"
@@ -101,8 +129,15 @@ def gpt2_tokenizer():
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The device to run on: the one asked for (checked), else cuda → mps → cpu."""
+    """The device to run on: the one asked for (checked), else cuda → mps → cpu.
+
+    Under the device harness (``helpers.devices``) the pretend accelerator counts as
+    available and ``None`` picks it.
+    """
+    harness = devices.enable_from_env()
     if device is None:
+        if harness is not None:
+            return harness.device
         if torch.cuda.is_available():
             return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
@@ -121,6 +156,8 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
         "cuda": torch.cuda.is_available(),
         "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
     }
+    if harness is not None:
+        available[harness.accelerator] = True
     if not available.get(dev.type, False):
         raise CasebookError(
             f"Device {device!r} is not available on this machine. Use device=None to pick "
@@ -169,8 +206,39 @@ def _boot_pretrained(spec: ModelSpec, device: torch.device):
     return model
 
 
+#: The stand-in's distributions where GPT-2's init puts zeros and ones (module docstring):
+#: (standard deviation of the input projections' biases, of the output projections' biases,
+#: of LayerNorm weights around 1, of LayerNorm biases).
+STAND_IN_INIT = {"in_bias_std": 0.1, "out_bias_std": 0.02, "ln_weight_std": 0.2, "ln_bias_std": 0.1}
+
+
+@torch.no_grad()
+def gpt2_like_parameters_(hf_model, **overrides: float):
+    """Give a Hugging Face GPT-2 the kinds of parameters the real one has, in place.
+
+    Draws, from the global RNG (seed it first), every linear bias and every LayerNorm
+    weight and bias from the distributions of ``STAND_IN_INIT`` (``overrides`` replace
+    some): input projections' biases (``c_attn``, ``c_fc``) N(0, 0.1²), output projections'
+    biases (``c_proj``) N(0, 0.02²), LayerNorm weights N(1, 0.2²) and biases N(0, 0.1²).
+    Matrices and embeddings are left as they are. Returns ``hf_model``.
+    """
+    init = {**STAND_IN_INIT, **overrides}
+    for name, p in hf_model.named_parameters():
+        if ".ln_" in name or name.startswith("transformer.ln_f"):
+            if name.endswith("weight"):
+                p.copy_(1.0 + init["ln_weight_std"] * torch.randn_like(p))
+            else:
+                p.copy_(init["ln_bias_std"] * torch.randn_like(p))
+        elif name.endswith("c_attn.bias") or name.endswith("c_fc.bias"):
+            p.copy_(init["in_bias_std"] * torch.randn_like(p))
+        elif name.endswith("c_proj.bias"):
+            p.copy_(init["out_bias_std"] * torch.randn_like(p))
+    return hf_model
+
+
 def _random_hf_gpt2(spec: ModelSpec, seed: int):
-    """A Hugging Face ``GPT2LMHeadModel`` of ``spec``'s shape with GPT-2's init, seeded."""
+    """A Hugging Face ``GPT2LMHeadModel`` of ``spec``'s shape, seeded, on the CPU: GPT-2's
+    init, then :func:`gpt2_like_parameters_` (non-zero biases and LayerNorm parameters)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
@@ -189,6 +257,7 @@ def _random_hf_gpt2(spec: ModelSpec, seed: int):
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
         torch.manual_seed(seed)
         hf_model.init_weights()
+        gpt2_like_parameters_(hf_model)
     return hf_model
 
 
@@ -203,6 +272,9 @@ def build_stand_in(spec: ModelSpec, *, seed: int = 0, device: str | torch.device
 
     hf_model = _random_hf_gpt2(spec, seed)
     hf_model.eval()
+    # Drawn on the CPU (the same weights on every machine), then moved where the model runs:
+    # the bridge records `device` in cfg.device but leaves a given model where it is.
+    hf_model.to(device)
     # The bridge rebuilds the tokenizer by its name_or_path when it sets up BOS, so the
     # tokenizer must come from a folder (an in-memory one has no name_or_path).
     with tempfile.TemporaryDirectory(prefix="casebook-gpt2-tokenizer-") as folder:
@@ -255,13 +327,53 @@ def load_model(
 
 
 def finish_model(model, spec: ModelSpec, *, stand_in: bool, seed: int | None = None):
-    """Compatibility mode, eval mode, frozen parameters, and the casebook's labels."""
+    """Compatibility mode, eval mode, frozen parameters, and the casebook's labels.
+
+    Before compatibility mode folds them into ``b_O``, each head's value bias is recorded
+    with its LayerNorm folded in (what the papers' HookedTransformer held with
+    ``fold_value_biases=False``): ``model.casebook_value_bias``, ``[n_layers, n_heads,
+    d_head]``, read by :func:`helpers.copy_score`.
+    """
+    model.casebook_value_bias = _ln_folded_value_bias(model)
     model.enable_compatibility_mode(disable_warnings=True)
     model.eval()
     model.requires_grad_(False)
     model.is_stand_in = stand_in
     model.casebook_name = spec.name
     model.casebook_seed = seed if stand_in else None
+    return model
+
+
+@torch.no_grad()
+def _ln_folded_value_bias(model) -> torch.Tensor:
+    """``[n_layers, n_heads, d_head]``: b_V + b_ln1 @ W_V per head, from the unprocessed
+    bridge (the LayerNorm's bias folded in, the value bias still per head)."""
+    out = []
+    for layer in range(model.cfg.n_layers):
+        ln_bias = model.blocks[layer].ln1._original_component.bias
+        W_V, b_V = model.W_V[layer], model.b_V[layer]  # [H, d_model, d_head], [H, d_head]
+        out.append(b_V + torch.einsum("d,hdk->hk", ln_bias.to(W_V.dtype), W_V))
+    return torch.stack(out).detach().clone()
+
+
+def _forward_on_model_device(self, *args, **kwargs):
+    device = self.cfg.device
+    if device is not None:
+        args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+        kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    return type(self).forward(self, *args, **kwargs)
+
+
+def inputs_to_model_device(model):
+    """Install the input rule: tensors given to the model's forward go to its device first.
+
+    ``model(tokens)``, ``model.run_with_cache(tokens)`` and ``model.run_with_hooks(tokens)``
+    all call ``model.forward``; this replaces it on the instance by one that moves every
+    tensor argument (tokens, ``attention_mask``, ...) to ``model.cfg.device``, so notebooks
+    and helpers may pass CPU tensors. Idempotent; returns ``model``.
+    """
+    if getattr(model.forward, "__func__", None) is not _forward_on_model_device:
+        model.forward = types.MethodType(_forward_on_model_device, model)
     return model
 
 
