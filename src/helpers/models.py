@@ -327,7 +327,8 @@ def load_model(
 
 
 def finish_model(model, spec: ModelSpec, *, stand_in: bool, seed: int | None = None):
-    """Compatibility mode, eval mode, frozen parameters, and the casebook's labels.
+    """Compatibility mode, eval mode, frozen parameters, the casebook's labels, and the input
+    rule (:func:`inputs_to_model_device`: tensors given to the model go to its device).
 
     Before compatibility mode folds them into ``b_O``, each head's value bias is recorded
     with its LayerNorm folded in (what the papers' HookedTransformer held with
@@ -336,6 +337,7 @@ def finish_model(model, spec: ModelSpec, *, stand_in: bool, seed: int | None = N
     """
     model.casebook_value_bias = _ln_folded_value_bias(model)
     model.enable_compatibility_mode(disable_warnings=True)
+    inputs_to_model_device(model)  # model(...), run_with_cache(...): CPU tokens are fine
     model.eval()
     model.requires_grad_(False)
     model.is_stand_in = stand_in
