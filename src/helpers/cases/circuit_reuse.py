@@ -9,7 +9,9 @@ on GPT-2 medium.
       A: {Color}
 
   17 objects, 8 colors, 3 surfaces, 3 openings; three distinct colors and objects per
-  prompt; the answer Title-cased with a leading space (" Blue"). Every prompt is 62 GPT-2
+  question, and the query shares no color and no object with the example (as in the
+  authors' ``cobjs_data_42.json``: its answer is never a color the example shows); the
+  answer Title-cased with a leading space (" Blue"). Every prompt is 62 GPT-2
   tokens without BOS, the query's colors at positions 41, 45 and 50 (checked at build time:
   a change to the word lists that breaks this raises). The *mindiff* counterfactual asks
   about another object of the same list, so the answer becomes another listed color.
@@ -28,12 +30,12 @@ on GPT-2 medium.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from ..circuits import Circuit
+from ..circuits import Circuit, head_label
 from ..prompts import PromptSet, _default_tokenizer, check_single_tokens, tokenize
 from ..scorecard import Reference
 from .ioi import IOIDataset
@@ -48,16 +50,24 @@ __all__ = [
     "ColoredObjects",
     "make_colored_objects",
     "flip_s2_to_io",
+    "stage_senders",
     "wrong_color_rows",
     "accuracies",
     "condition_accuracies",
     "mover_color_attention",
+    "condition_results",
+    "accuracy_table",
+    "placebo_color_rows",
+    "random_heads",
     "top_changes",
     "stage_overlap",
     "role_overlap",
     "capitals_control",
     "MEDIUM_ROLES",
     "CIRCUIT_REUSE",
+    "circuit_heads",
+    "ranking",
+    "build_scorecard",
 ]
 
 OBJECTS = ("pencil", "notebook", "pen", "cup", "plate", "jug", "mug", "puzzle", "textbook",
@@ -88,7 +98,8 @@ class ColoredObjects(PromptSet):
     the mindiff counterfactual (another listed color). ``positions``: ``C1``, ``C2``, ``C3``
     (the query's colors), ``Q_OBJ`` (the asked object in the question), ``END``.
     Per prompt: ``colors``, ``objects`` (the query's lists), ``asked`` (0-2, which object is
-    asked), ``counter`` (the object the counterfactual asks about).
+    asked), ``counter`` (the object the counterfactual asks about), ``example_colors`` and
+    ``example_objects`` (the solved example's lists, disjoint from the query's).
     """
 
     colors: list[tuple[str, str, str]]
@@ -96,6 +107,8 @@ class ColoredObjects(PromptSet):
     asked: torch.Tensor
     counter: torch.Tensor
     color_tokens: torch.Tensor  # [n, 3]: Title-case color tokens of C1..C3
+    example_colors: list[tuple[str, str, str]] = field(default_factory=list)
+    example_objects: list[tuple[str, str, str]] = field(default_factory=list)
     seed: int | None = None
     mindiff: bool = False
 
@@ -136,15 +149,20 @@ def make_colored_objects(n_prompts: int, *, seed: int = 42, tokenizer: Any = Non
     title = check_single_tokens([c.capitalize() for c in COLORS], tokenizer, what="Title-case colors")
     rng = random.Random(seed)
     prompts, colors, objects, asked, counter = [], [], [], [], []
+    ex_lists: list[tuple[tuple, tuple]] = []
     for _ in range(n_prompts):
         ex_colors, ex_objects = rng.sample(COLORS, 3), rng.sample(OBJECTS, 3)
         ex_asked = rng.randrange(3)
         example = _question(rng.choice(SURFACES), rng.choice(OPENINGS), ex_colors, ex_objects, ex_asked)
         example += f" {ex_colors[ex_asked].capitalize()}\n"
-        q_colors, q_objects = tuple(rng.sample(COLORS, 3)), tuple(rng.sample(OBJECTS, 3))
+        # the authors' query uses none of the example's colors or objects
+        # (cobjs_data.py: exclude_seen_colors / exclude_seen_objs)
+        q_colors = tuple(rng.sample([c for c in COLORS if c not in ex_colors], 3))
+        q_objects = tuple(rng.sample([o for o in OBJECTS if o not in ex_objects], 3))
         a = rng.randrange(3)
         c = rng.choice([i for i in range(3) if i != a])
         prompts.append(example + _question(rng.choice(SURFACES), rng.choice(OPENINGS), q_colors, q_objects, a))
+        ex_lists.append((tuple(ex_colors), tuple(ex_objects)))
         colors.append(q_colors)
         objects.append(q_objects)
         asked.append(a)
@@ -169,7 +187,8 @@ def make_colored_objects(n_prompts: int, *, seed: int = 42, tokenizer: Any = Non
         prompts=prompts, tokens=tokens, lengths=lengths, positions=positions,
         answers=color_tokens[rows, asked_t], wrong=color_tokens[rows, counter_t],
         colors=colors, objects=objects, asked=asked_t, counter=counter_t,
-        color_tokens=color_tokens, seed=seed, tokenizer=tokenizer,
+        color_tokens=color_tokens, example_colors=[c for c, _ in ex_lists],
+        example_objects=[o for _, o in ex_lists], seed=seed, tokenizer=tokenizer,
     )
 
 
@@ -241,21 +260,46 @@ MEDIUM_ROLES = Circuit.from_labels(
 )
 
 _SEC = "secondary source"
+_CODE = "official code"
 CIRCUIT_REUSE: dict[str, Reference] = {
     "cobj_accuracy": Reference(0.496, "Merullo et al. 2023, abstract (49.7% in one §5 sentence)"),
     "cobj_accuracy_both": Reference(0.937, "Merullo et al. 2023, abstract (inhibition + negative mover)"),
     "cobj_accuracy_inhibition": Reference(0.815, "Merullo et al. 2023, §5", confidence=_SEC),
     "cobj_accuracy_negative": Reference(0.781, "Merullo et al. 2023, §5", confidence=_SEC),
+    "new_mistakes": Reference(0, "Merullo et al. 2023, §5 (\"zero new mistakes\")", confidence=_SEC),
+    "repair_gain": Reference(0.441, "Merullo et al. 2023, abstract: 49.6% → 93.7% (+44.1 points); "
+                             "the controls are the book's"),
+    "mover_wrong_change": Reference(-8.7, "Merullo et al. 2023, §5 (mover attention on the wrong "
+                                    "colors, %)", confidence=_SEC),
+    "mover_right_change": Reference(2.7, "Merullo et al. 2023, §5 (mover attention on the right "
+                                    "color, %)", confidence=_SEC),
     "overlap": Reference(0.78, "Merullo et al. 2023, abstract and §4 (25/32, top 2% per stage)"),
     "gatherers_blocked_accuracy": Reference(0.35, "Merullo et al. 2023, via an OpenReview summary",
                                             confidence=_SEC),
     "random_blocked_accuracy": Reference(0.499, "Merullo et al. 2023, via an OpenReview summary "
                                          "(± 1.0)", confidence=_SEC),
+    "gatherer_gap": Reference(0.149, "Merullo et al. 2023, via an OpenReview summary: 35% with "
+                              "the content gatherers ablated vs 49.9% with random heads",
+                              confidence=_SEC),
     "prompt_tokens": Reference(62, "Merullo et al. 2023 code (cobjs_data.py), checked on GPT-2's "
-                               "tokenizer", confidence="official code"),
+                               "tokenizer", confidence=_CODE),
+    "shared_with_example": Reference(0, "Merullo et al. 2023 code (cobjs_data.py: the query "
+                                     "excludes the example's colors and objects)", confidence=_CODE),
     "n_heads_medium": Reference(384, "GPT-2 medium: 24 layers × 16 heads"),
+    "queries_senders": Reference(255, "Merullo et al. 2023 code (patching_utils.py: layers up to "
+                                 "the first receiver layer, receivers skipped)", confidence=_CODE),
+    "values_senders": Reference(207, "Merullo et al. 2023 code (patching_utils.py: layers up to "
+                                "the first receiver layer, receivers skipped)", confidence=_CODE),
     "capitals_overlap": Reference(0.25, "Merullo et al. 2023, App. H (World Capitals vs IOI)",
                                   confidence=_SEC),
+    "overlap_gap": Reference(0.53, "Merullo et al. 2023, §4 and App. H: 78% (Colored Objects) vs "
+                             "25% (World Capitals)", confidence=_SEC),
+    "top_negative_mover": Reference(1, "Merullo et al. 2023, §3 (19.1 the single largest effect "
+                                    "on the logit difference)", confidence=_SEC),
+    "movers_in_top8": Reference(5, "Merullo et al. 2023, §3 (movers 15.14, 16.15, 17.4, 18.5, "
+                                "19.15)", confidence=_SEC),
+    "inhibition_in_top8": Reference(3, "Merullo et al. 2023, §3 (inhibition heads 12.3, 13.4, "
+                                    "13.13 through the movers' queries)", confidence=_SEC),
 }
 
 
@@ -329,13 +373,35 @@ def check_stage_choice(stages, control_stages) -> list[str]:
     return [s for s in names if s in chosen]
 
 
+def stage_senders(n_layers: int, n_heads: int, receivers) -> list[tuple[int, int]]:
+    """The authors' sender set for one path-patching stage (``patching_utils.path_patching``
+    with ``truncate_to_max_layer``): every head for the logits (``receivers="logits"``);
+    otherwise the heads in layers up to and including the *first* receiver layer, receivers
+    skipped. So a mover is never scored as a sender to a later mover, and a head between
+    the first and the last receiver layer is not scored at all (GPT-2 medium: 255 senders
+    for the movers' queries, receivers from layer 15; 207 for the inhibition heads')."""
+    every = [(L, h) for L in range(n_layers) for h in range(n_heads)]
+    if isinstance(receivers, str):
+        if receivers != "logits":
+            raise ValueError(f"receivers must be 'logits' or heads, got {receivers!r}")
+        return every
+    from ..circuits import parse_head
+
+    heads = {parse_head(r) for r in receivers}
+    if not heads:
+        raise ValueError("a stage needs at least one receiver head")
+    first = min(L for L, _ in heads)
+    return [(L, h) for L, h in every if L <= first and (L, h) not in heads]
+
+
 def circuit_stages(model, clean: PromptSet, corrupt: PromptSet, roles: Circuit, *,
                    value_senders: Any = None, only: Any = None,
                    progress: bool = False) -> dict[str, torch.Tensor]:
     """``{stage: [n_layers, n_heads]}`` path-patching scores (raw logit difference at END) of
     the three :data:`STAGES` (or the names in ``only``), clean vs corrupted, receivers taken
-    from ``roles``. Senders are the heads below the stage's last receiver layer: 384 for the
-    logits, fewer for the later stages (the rest are ``NaN``)."""
+    from ``roles``. Senders are the authors' (:func:`stage_senders`): all 384 heads for the
+    logits, the heads up to the first receiver layer without the receivers for the later
+    stages (the rest are ``NaN``)."""
     from ..metrics import LogitDiffMetric
     from ..path_patching import path_patch
 
@@ -347,48 +413,165 @@ def circuit_stages(model, clean: PromptSet, corrupt: PromptSet, roles: Circuit, 
             continue
         receivers = "logits" if role is None else roles.heads(role)
         senders_at = value_senders if where == "value_senders" else where
+        senders = stage_senders(model.cfg.n_layers, model.cfg.n_heads, receivers)
         out[name] = path_patch(model, clean.tokens, corrupt.tokens, metric, receivers=receivers,
-                               receiver_input=inp or "q", sender_positions=senders_at,
+                               receiver_input=inp or "q", senders=senders,
+                               sender_positions=senders_at,
                                named_positions=clean.positions, progress=progress)
     return out
 
 
-def mover_color_attention(model, ds: ColoredObjects, movers, conditions, *,
-                          batch_size: int = 50) -> dict[str, dict[str, float]]:
-    """``{condition: {"right color": ..., "each wrong color": ...}}``: the ``movers``' mean
-    attention from END to the asked color and to each other color, under each condition's
-    hooks (as in :func:`condition_accuracies`: edits at END only; the positions before END
-    run once for all conditions)."""
+def _per_prompt_scores(ds: PromptSet, choices: torch.Tensor | None):
+    """``reduce`` for :func:`helpers.interventions.edited_logits`: per prompt, whether the
+    full-vocabulary argmax is the answer and (with ``choices``) whether the best of the
+    candidates is, as ``[b, 2]`` floats."""
+    answers = torch.as_tensor(ds.answers)
+
+    def reduce(logits, idx):
+        ans = answers[idx].to(logits.device)
+        full = (logits.argmax(-1) == ans).float()
+        if choices is None:
+            return torch.stack([full, torch.full_like(full, float("nan"))], -1)
+        cand = choices[idx].to(logits.device)
+        best = cand[torch.arange(len(idx), device=logits.device), logits.gather(1, cand).argmax(-1)]
+        return torch.stack([full, (best == ans).float()], -1)
+
+    return reduce
+
+
+def condition_results(model, ds: ColoredObjects, conditions, *, movers=(),
+                      every_position: bool = False, batch_size: int = 50,
+                      choices: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-prompt results of each condition: ``{condition: {"correct": [n], "choice": [n],
+    "right color": [n], "each wrong color": [n]}}`` (floats, prompt order).
+
+    ``correct``: the full-vocabulary argmax at END is the answer (Merullo et al.'s
+    accuracy); ``choice``: the best of ``choices`` is (``NaN`` without ``choices``). With
+    ``movers``: their attention from END to the asked color, and to *each* wrong color (the
+    mean over the two, not their sum), averaged over the movers.
+
+    ``conditions``: ``{name: hooks}`` (a list, or a function of a batch's prompt indices).
+    By default the hooks must act at END only (attention edits): the positions before END
+    run once for all conditions (:func:`helpers.interventions.edited_logits`). With
+    ``every_position=True`` they may act anywhere from some layer on (e.g.
+    :func:`helpers.interventions.zero_value_hooks`), and each condition re-runs the blocks
+    from its first hooked layer (:func:`helpers.interventions.layer_edited_logits`; mover
+    attention is then not recorded).
+    """
     from ..hooks import hook_name
-    from ..interventions import edited_logits
+    from ..interventions import edited_logits, layer_edited_logits
+
+    if len(ds) == 0:
+        raise ValueError("condition_results needs at least one prompt")
+    movers = [tuple(m) for m in movers]
+    if movers and every_position:
+        raise ValueError("mover attention is recorded for edits at END only; "
+                         "drop movers= or every_position=True")
+    reduce = _per_prompt_scores(ds, choices)
+    if every_position:
+        out = layer_edited_logits(model, ds.tokens, ds.positions["END"], conditions,
+                                  batch_size=batch_size, reduce=reduce)
+        return {name: {"correct": r[:, 0], "choice": r[:, 1]} for name, r in out.items()}
 
     layers = sorted({L for L, _ in movers})
-    seen = {name: {head: [] for head in movers} for name in conditions}  # [b, 3] per batch
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in conditions}  # [b, movers, 3]
     order: dict[str, list[torch.Tensor]] = {name: [] for name in conditions}
 
     def with_grab(name, hooks):
         def build(idx):
-            order[name].append(idx)
+            grabbed: dict[int, torch.Tensor] = {}
 
             def grab(t, hook):  # [b, heads, query rows, keys]: END is the last query row
                 L = int(hook.name.split(".")[1])
-                for head in movers:
-                    if head[0] == L:
-                        seen[name][head].append(t[:, head[1], -1][:, list(COLOR_POSITIONS)].cpu())
+                grabbed[L] = t[:, :, -1][:, :, list(COLOR_POSITIONS)].cpu()
+                if len(grabbed) == len(layers):
+                    seen[name].append(torch.stack([grabbed[L][:, h] for L, h in movers], 1))
+                    order[name].append(idx)
 
             edits = list(hooks(idx) if callable(hooks) else hooks)
             return edits + [(hook_name("pattern", L), grab) for L in layers]
 
         return build
 
-    edited_logits(model, ds.tokens, ds.positions["END"],
-                  {name: with_grab(name, hooks) for name, hooks in conditions.items()}, batch_size=batch_size)
-    out = {}
-    for name in conditions:
-        asked = torch.nn.functional.one_hot(ds.asked[torch.cat(order[name])], 3).bool()  # [n, 3]
-        at = [torch.cat(seen[name][head]) for head in movers]
-        out[name] = {"right color": torch.stack([a[asked].mean() for a in at]).mean().item(),
-                     "each wrong color": torch.stack([a[~asked].mean() for a in at]).mean().item()}
+    run = {name: with_grab(name, hooks) for name, hooks in conditions.items()} if movers else conditions
+    out = edited_logits(model, ds.tokens, ds.positions["END"], run, batch_size=batch_size,
+                        reduce=reduce)
+    results = {name: {"correct": r[:, 0], "choice": r[:, 1]} for name, r in out.items()}
+    if movers:
+        for name in conditions:
+            back = torch.argsort(torch.cat(order[name]))
+            at = torch.cat(seen[name])[back]  # [n, movers, 3]
+            asked = torch.nn.functional.one_hot(ds.asked, 3).bool()[:, None, :].expand_as(at)
+            results[name]["right color"] = at[asked].view(len(ds), -1).mean(-1)
+            results[name]["each wrong color"] = at[~asked].view(len(ds), -1).mean(-1)
+    return results
+
+
+def accuracy_table(results: dict[str, dict[str, torch.Tensor]], *, baseline: str = "vanilla",
+                   paper: dict[str, float] | None = None):
+    """One row per condition of :func:`condition_results`: exact-match accuracy, its
+    binomial standard error, and, against ``baseline`` prompt by prompt, the **new
+    mistakes** (right before, wrong now) and the **fixes** (wrong before, right now);
+    ``paper``: the published accuracy beside it where there is one."""
+    import pandas as pd
+
+    if baseline not in results:
+        raise ValueError(f"baseline {baseline!r} is not a condition; the conditions are {list(results)}")
+    base = results[baseline]["correct"].bool()
+    rows = {}
+    for name, r in results.items():
+        ok = r["correct"].bool()
+        acc = ok.float().mean().item()
+        rows[name] = {"accuracy": acc, "SE": (acc * (1 - acc) / len(ok)) ** 0.5,
+                      "new mistakes": int((base & ~ok).sum()), "fixed": int((~base & ok).sum()),
+                      "n": len(ok)}
+        if paper is not None:
+            rows[name]["paper"] = paper.get(name, float("nan"))
+    return pd.DataFrame(rows).T
+
+
+def mover_color_attention(model, ds: ColoredObjects, movers, conditions, *,
+                          batch_size: int = 50) -> dict[str, dict[str, float]]:
+    """``{condition: {"right color": ..., "each wrong color": ...}}``: the ``movers``' mean
+    attention from END to the asked color and to each other color (the mean over the two),
+    under each condition's hooks (:func:`condition_results`, edits at END only)."""
+    res = condition_results(model, ds, conditions, movers=movers, batch_size=batch_size)
+    return {name: {k: r[k].mean().item() for k in ("right color", "each wrong color")}
+            for name, r in res.items()}
+
+
+def placebo_color_rows(ds: ColoredObjects) -> torch.Tensor:
+    """``[n, seq]``: the placebo for :func:`wrong_color_rows`: ⅓ on each of the query's three
+    colors at END, the asked one included. It changes the heads' attention as much as the
+    repair does but carries no information about which color is wrong."""
+    rows = torch.zeros(len(ds), ds.max_len)
+    rows[:, list(COLOR_POSITIONS)] = 1 / 3
+    return rows
+
+
+def random_heads(n_layers: int, n_heads: int, count: int, draws: int, *, layers=None,
+                 exclude=(), seed: int = 0) -> list[list[tuple[int, int]]]:
+    """``draws`` random sets of ``count`` heads each (seeded), for controls. ``layers``:
+    one layer per head to draw from (a layer-matched control: the same layers as the heads
+    it stands in for), or ``None`` for any layer; ``exclude``: heads never drawn."""
+    from ..circuits import parse_head
+
+    if layers is not None and len(layers) != count:
+        raise ValueError(f"layers names {len(layers)} layers for {count} heads; give one layer per head")
+    rng = random.Random(seed)
+    banned = {parse_head(h) for h in exclude}
+    out = []
+    for _ in range(draws):
+        pool_of = (lambda L: [(L, h) for h in range(n_heads)]) if layers is not None else None
+        chosen: list[tuple[int, int]] = []
+        for j in range(count):
+            pool = (pool_of(layers[j]) if pool_of else
+                    [(L, h) for L in range(n_layers) for h in range(n_heads)])
+            pool = [x for x in pool if x not in banned and x not in chosen]
+            if not pool:
+                raise ValueError(f"no head left to draw in layer {layers[j]} after excluding {sorted(banned)}")
+            chosen.append(rng.choice(pool))
+        out.append(chosen)
     return out
 
 
@@ -488,3 +671,166 @@ def capitals_control(n_prompts: int, *, seed: int = 0) -> tuple[PromptSet, Promp
     clean = make_capital_prompts(n_prompts, seed=seed)
     flipped = flip_country(clean, seed=seed + 1)
     return replace(clean, wrong=flipped.answers), flipped
+
+
+# --------------------------------------------------------------------------- scorecard
+
+
+def circuit_heads(deltas: dict[str, torch.Tensor], *, fraction: float = 0.02,
+                  k: int | None = None) -> list[str]:
+    """One circuit as a set of heads: the union of its stages' tops (:func:`stage_tops`),
+    each head once even if two stages keep it, sorted by layer and head."""
+    heads = {h for hs in stage_tops(deltas, fraction=fraction, k=k).values() for h in hs}
+    return sorted(heads, key=lambda x: tuple(map(int, x.split("."))))
+
+
+def ranking(delta: torch.Tensor) -> list[str]:
+    """``["L.H", ...]``: every scored head (not ``NaN``) of a ``[n_layers, n_heads]`` map,
+    largest ``|change|`` first (for :meth:`helpers.Scorecard.top_k`)."""
+    delta = torch.as_tensor(delta).detach().float().cpu()
+    return [label for label, _ in top_changes(delta, int((~delta.isnan()).sum()))]
+
+
+def _mean_se(values: torch.Tensor | None) -> tuple[float | None, float | None]:
+    if values is None or len(values) == 0:
+        return None, None
+    v = values.float()
+    se = (v.std() / len(v) ** 0.5).item() if len(v) > 1 else None
+    return v.mean().item(), se
+
+
+def _pooled(results: dict | None, prefix: str, key: str = "correct") -> torch.Tensor | None:
+    """Per-prompt mean over the conditions named ``prefix…`` (e.g. the random-head draws)."""
+    if results is None:
+        return None
+    draws = [r[key] for name, r in results.items() if name.startswith(prefix)]
+    return torch.stack(draws).mean(0) if draws else None
+
+
+def _get(results: dict | None, name: str, key: str = "correct") -> torch.Tensor | None:
+    return None if results is None or name not in results else results[name][key]
+
+
+def build_scorecard(stand_in: bool, m: dict[str, Any]):
+    """The chapter's scorecard from this run's measurements ``m`` (any missing key or
+    ``None``: not run at this size):
+
+    ``prompt_tokens``, ``shared_with_example`` (prompts whose query shares a color or
+    object with the example), ``senders`` (``{stage: heads scored}``), ``ioi_rankings``
+    (``{stage: ranking(...)}``), ``repair`` (:func:`condition_results` with conditions
+    "vanilla", "inhibition only", "negative mover only", "both", "placebo" and "random
+    heads …"), ``ablation`` (:func:`condition_results` with every-position conditions
+    "vanilla", "content gatherers" and "random heads …"), ``circuits`` (``{"IOI": heads,
+    "Colored Objects": heads}`` over all stages), ``control`` (the same plus "capitals",
+    over the control stages), ``per_stage_8`` (``(shared, kept)`` at 8 heads per stage).
+    """
+    from ..scorecard import Scorecard
+
+    R = CIRCUIT_REUSE
+    card = Scorecard("Circuit reuse, GPT-2 medium (Merullo et al. 2023)", stand_in=stand_in)
+    senders = m.get("senders") or {}
+    ranks = m.get("ioi_rankings") or {}
+    rep, abl = m.get("repair"), m.get("ablation")
+    s_ioi, s_data = "2. The IOI circuit, rebuilt in GPT-2 medium", "Setup"
+    s_rep, s_cg = "5. Repairing Colored Objects with IOI's inhibition", "6. Content gatherers"
+    s_ov = "4. Overlap"
+
+    # data and architecture
+    card.data_check("prompt length (tokens)", R["prompt_tokens"], m.get("prompt_tokens"),
+                    section=s_data)
+    card.data_check("queries sharing a color or object with the example",
+                    R["shared_with_example"], m.get("shared_with_example"), section=s_data)
+    card.data_check("senders scored, logits stage", R["n_heads_medium"],
+                    senders.get("logits"), section=s_ioi)
+    card.data_check("senders scored, movers' queries", R["queries_senders"],
+                    senders.get("movers' queries"), section=s_ioi)
+    card.data_check("senders scored, inhibition heads' values", R["values_senders"],
+                    senders.get("inhibition heads' values"), section=s_ioi)
+
+    # does IOI reproduce on GPT-2 medium?
+    logits_rank, queries_rank = ranks.get("logits"), ranks.get("movers' queries")
+    card.top_k("IOI: 19.1 is the top head at the logits stage", R["top_negative_mover"],
+               logits_rank, ["19.1"], 1, section=s_ioi)
+    card.top_k("IOI: the movers in the logits stage's top 8", R["movers_in_top8"], logits_rank,
+               [head_label(*h) for h in MEDIUM_ROLES.heads("mover")], 8, section=s_ioi)
+    card.top_k("IOI: the inhibition heads in the movers'-queries top 8",
+               R["inhibition_in_top8"], queries_rank,
+               [head_label(*h) for h in MEDIUM_ROLES.heads("inhibition")], 8, section=s_ioi)
+
+    # accuracies and the repair
+    vanilla, both = _get(rep, "vanilla"), _get(rep, "both")
+    card.band("Colored Objects accuracy (exact match)", R["cobj_accuracy"], None, 0.05,
+              null=1 / 3, values=vanilla, section=s_rep,
+              note="null: a guess among the three listed colors")
+    card.band("accuracy, both interventions", R["cobj_accuracy_both"], None, 0.05,
+              null=R["cobj_accuracy"].value, values=both, section=s_rep,
+              note="null: the accuracy without the edit (49.6%)")
+    b_mean, b_se = _mean_se(both)
+    for label, other in (("placebo (⅓ on each color)", _get(rep, "placebo")),
+                         ("the same edit on random heads", _pooled(rep, "random heads"))):
+        o_mean, o_se = _mean_se(other)
+        card.ordering(f"repair beats {label}", R["repair_gain"],
+                      greater=("both interventions", b_mean, b_se),
+                      lesser=(label, o_mean, o_se), section=s_rep,
+                      note="a control the paper does not report; its claim implies it")
+
+    # overlap
+    circuits, control = m.get("circuits"), m.get("control")
+    ioi_heads = (circuits["IOI"] if circuits is not None else
+                 MEDIUM_ROLES.labels())
+    card.overlap("IOI heads also in the Colored Objects circuit (union of stages)", R["overlap"],
+                 None if circuits is None else circuits["Colored Objects"], ioi_heads,
+                 universe=384, at_least=0.63, section=s_ov,
+                 note="not like for like: three stages (the paper's configs are not released), "
+                      "each circuit the union of its stages' top 2%; recall of this run's IOI "
+                      "circuit; bound 78% − 15 points")
+    shares = {}
+    if control is not None:
+        ioi_c = set(control["IOI"])
+        for task in ("Colored Objects", "capitals"):
+            p = len(ioi_c & set(control[task])) / max(len(ioi_c), 1)
+            shares[task] = (p, (p * (1 - p) / max(len(ioi_c), 1)) ** 0.5)
+    card.ordering("overlap with IOI: Colored Objects above the capitals control",
+                  R["overlap_gap"],
+                  greater=("Colored Objects", *shares.get("Colored Objects", (None, None))),
+                  lesser=("capitals", *shares.get("capitals", (None, None))), section=s_ov,
+                  note="shares of IOI's heads on the control stages; SE binomial over IOI's heads")
+
+    # content gatherers (the authors' ablation)
+    g_mean, g_se = _mean_se(_get(abl, "content gatherers"))
+    r_mean, r_se = _mean_se(_pooled(abl, "random heads"))
+    card.ordering("ablating the content gatherers hurts more than random heads",
+                  R["gatherer_gap"], greater=("random heads ablated", r_mean, r_se),
+                  lesser=("content gatherers ablated", g_mean, g_se), section=s_cg,
+                  note="zero-ablated values at every position (the authors' script); random "
+                       "heads from the same layers")
+
+    # secondary numbers, for comparison
+    sec = "secondary source (a third-party summary of the paper): not graded"
+    card.info("accuracy, inhibition intervention only", R["cobj_accuracy_inhibition"], None,
+              values=_get(rep, "inhibition only"), note=sec, section=s_rep)
+    card.info("accuracy, negative-mover intervention only", R["cobj_accuracy_negative"], None,
+              values=_get(rep, "negative mover only"), note=sec, section=s_rep)
+    new = None if vanilla is None or both is None else int((vanilla.bool() & ~both.bool()).sum())
+    card.info("new mistakes with both interventions (prompts)", R["new_mistakes"], new,
+              note=sec, section=s_rep)
+    for key, col, label in (("mover_wrong_change", "each wrong color", "wrong colors"),
+                            ("mover_right_change", "right color", "the right color")):
+        after, before = _get(rep, "both", col), _get(rep, "vanilla", col)
+        change = None if after is None or before is None else 100 * (after - before)
+        card.info(f"movers' attention change on {label} (points)", R[key], None, values=change,
+                  note=sec + "; ours: change in percentage points of attention, per color",
+                  section=s_rep)
+    card.info("accuracy, content gatherers ablated", R["gatherers_blocked_accuracy"], None,
+              values=_get(abl, "content gatherers"), note=sec, section=s_cg)
+    card.info("accuracy, random heads ablated", R["random_blocked_accuracy"], None,
+              values=_pooled(abl, "random heads"),
+              note=sec + "; ours: heads from the gatherers' layers", section=s_cg)
+    card.info("capitals control: share of IOI's heads", R["capitals_overlap"],
+              shares.get("capitals", (None,))[0],
+              note=sec + "; ours: a capitals task of the book's, two stages", section=s_ov)
+    per8 = m.get("per_stage_8")
+    card.info("heads shared, 8 per stage (the paper's count)", R["overlap"],
+              None if per8 is None else per8[0] / per8[1],
+              note="the paper counts 25 of 32 over four stages; ours over three", section=s_ov)
+    return card
