@@ -417,3 +417,104 @@ def test_copy_score_inputs_read_the_name_slots_in_context(tiny_model, tok):
     assert torch.allclose(resid[6:12], full[torch.arange(6), ds.positions["S1"]], atol=1e-5)
     with pytest.raises(ValueError, match="slots"):
         copy_score_inputs(tiny_model, ds, slots=("END",))
+
+
+# --------------------------------------------------------------------------- copy score (issue 27)
+
+
+def _biased_model_and_hf_copy(seed: int = 7):
+    """A 2-layer GPT-2 whose every bias and LayerNorm parameter is random and non-zero, as a
+    bridge in compatibility mode, and an untouched copy of its Hugging Face weights
+    (compatibility mode rewrites the bridge's own in place)."""
+    import copy
+
+    from conftest_patching import boot, seeded_hf_gpt2
+    from helpers.models import ModelSpec
+
+    spec = ModelSpec("tiny-biased", "openai-community/gpt2", n_layers=2, n_heads=4, d_model=64)
+    hf = seeded_hf_gpt2(spec, seed, initializer_range=0.05)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            elif ".ln_" in name or "ln_f" in name:
+                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
+    reference = copy.deepcopy(hf).eval()
+    return boot(hf, spec, seed), reference
+
+
+@torch.no_grad()
+def _hf_copy_logits(hf, head, rows, sign):
+    """The authors' copy-score logits written on the Hugging Face modules directly: the
+    head's layer's ln_1 (weight and bias), c_attn's value slice with its bias, the head's
+    rows of c_proj (no b_O), sign, ln_f (weight and bias), lm_head."""
+    L, h = head
+    d = hf.config.n_embd
+    dh = d // hf.config.n_head
+    block = hf.transformer.h[L]
+    v = block.attn.c_attn(block.ln_1(rows))[:, 2 * d + h * dh : 2 * d + (h + 1) * dh]
+    out = v @ block.attn.c_proj.weight[h * dh : (h + 1) * dh]
+    return hf.lm_head(hf.transformer.ln_f(sign * out))
+
+
+@pytest.fixture(scope="module")
+def biased():
+    return _biased_model_and_hf_copy()
+
+
+def test_copy_score_equals_the_authors_recipe_on_hugging_face_weights(biased, tok):
+    from helpers import copy_score
+    from helpers.cases.ioi import copy_score_inputs
+    from helpers.heads import copy_logits
+
+    model, hf = biased
+    assert model.b_V.abs().max() == 0 and model.casebook_value_bias.abs().min() > 0
+    assert model.b_U.abs().max() > 0.05  # ln_f's bias through W_U: b_U matters here
+    ds = make_ioi_dataset(12, seed=0, tokenizer=tok)
+    resid, ids = copy_score_inputs(model, ds)
+    # the residual after block 0, read from the Hugging Face model itself
+    hidden = hf(ds.tokens, output_hidden_states=True).hidden_states[1]
+    pos = torch.cat([ds.positions[s] for s in ("IO", "S1", "S2")])
+    rows = hidden[torch.arange(len(ds)).repeat(3), pos]
+    assert torch.equal(ids.cpu(), ds.tokens[torch.arange(len(ds)).repeat(3), pos])
+    heads = [(L, h) for L in range(2) for h in range(4)]
+    differs = 0
+    for sign in (1, -1):
+        for head in heads:
+            want = _hf_copy_logits(hf, head, rows, sign)
+            got = copy_logits(model, head, resid, sign=sign)
+            # compatibility mode centres the unembedding: equal up to one constant per row
+            torch.testing.assert_close(got - got.mean(-1, keepdim=True),
+                                       want - want.mean(-1, keepdim=True), atol=2e-4, rtol=1e-4)
+            bare = copy_logits(model, head, resid, sign=sign, include_bias=False,
+                               unembed_bias=False)
+            assert ((bare - bare.mean(-1, keepdim=True))
+                    - (want - want.mean(-1, keepdim=True))).abs().max() > 0.05
+        for k in (5, 500, 5000):
+            got = copy_score(model, heads, resid, ids, k=k, sign=sign)
+            bare = copy_score(model, heads, resid, ids, k=k, sign=sign, include_bias=False,
+                              unembed_bias=False)
+            for head in heads:
+                top = _hf_copy_logits(hf, head, rows, sign).topk(k, dim=-1).indices
+                want = (top == ids[:, None].cpu()).any(-1).float().mean().item()
+                assert got[f"{head[0]}.{head[1]}"] == pytest.approx(want, abs=1e-6)
+                differs += bare[f"{head[0]}.{head[1]}"] != got[f"{head[0]}.{head[1]}"]
+    assert differs > 0  # the biases change some head's share: the test can tell
+
+
+def test_copy_score_needs_the_recorded_value_biases(biased):
+    from helpers import copy_score
+
+    model, _ = biased
+    resid = torch.randn(3, model.cfg.d_model)
+    saved = model.casebook_value_bias
+    try:
+        del model.casebook_value_bias
+        with pytest.raises(ValueError, match="value bias"):
+            copy_score(model, ["1.0"], resid, [1, 2, 3])
+        assert copy_score(model, ["1.0"], resid, [1, 2, 3], include_bias=False)["1.0"] >= 0
+    finally:
+        model.casebook_value_bias = saved
+    with pytest.raises(ValueError, match="sign"):
+        copy_score(model, ["1.0"], resid, [1, 2, 3], sign=2)

@@ -49,6 +49,8 @@ __all__ = [
     "minimality_scores",
     "random_subsets",
     "greedy_incompleteness",
+    "circuit_scores_per_prompt",
+    "greedy_incompleteness_runs",
 ]
 
 
@@ -405,3 +407,105 @@ def greedy_incompleteness(evaluator: CircuitEvaluator, candidates: Sequence[Head
         trace.append({"K": list(K), "F_C_minus_K": f_c[best], "F_M_minus_K": f_m[best],
                       "gap": gaps[best]})
     return trace
+
+
+# --------------------------------------------------------------------------------------
+# Per-prompt scores (for standard errors) and the authors' greedy search
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def circuit_scores_per_prompt(evaluator: CircuitEvaluator, removals: list, *, circuit: bool = False,
+                              batch_tokens: int = 2048, progress: bool = False) -> torch.Tensor:
+    """``[len(removals), batch]``: each prompt's logit difference in each configuration.
+
+    The same configurations as :meth:`CircuitEvaluator.scores` (F(C \\ r) with
+    ``circuit=True``, else F(M \\ r); ``None`` removes nothing), kept per prompt so that
+    differences and ratios get standard errors; the mean over prompts is ``scores``'s value.
+    The evaluator's metric must be a :class:`~helpers.metrics.LogitDiffMetric`. On the CPU.
+    """
+    metric = evaluator.metric
+    if not isinstance(metric, LogitDiffMetric):
+        raise TypeError(
+            f"circuit_scores_per_prompt needs a LogitDiffMetric (one logit difference per "
+            f"prompt), got {type(metric).__name__}; use CircuitEvaluator.scores for other metrics.")
+    model, tokens = evaluator.model, evaluator.tokens
+    batch, seq = tokens.shape
+    circ = evaluator.circuit if circuit else None
+    nodes = [_nodes_of(r, evaluator.circuit) for r in removals]
+    keep = None if circ is None else node_mask(circ, model, batch, seq,
+                                               named_positions=evaluator.named_positions)
+    masks = []
+    for remove in nodes:
+        removed = node_mask(_nodes_of(remove, circ), model, batch, seq,
+                            named_positions=evaluator.named_positions)
+        masks.append(removed if keep is None else ~(keep & ~removed))
+    per_pass = max(1, batch_tokens // (batch * seq))
+    starts = range(0, len(masks), per_pass)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"{len(masks)} ablation configurations")
+    out = []
+    for start in starts:
+        chunk = masks[start : start + per_pass]
+        n = len(chunk)
+        rows = _ablated_metric_logits(model, tokens.repeat(n, 1), evaluator.means, torch.cat(chunk),
+                                      metric, copies=n)  # [n · batch, d_vocab]
+        dev = rows.device
+        answer = torch.as_tensor(metric.answer, device=dev).reshape(-1).repeat(n)
+        wrong = torch.as_tensor(metric.wrong, device=dev).reshape(-1).repeat(n)
+        idx = torch.arange(rows.shape[0], device=dev)
+        out.append((rows[idx, answer] - rows[idx, wrong]).float().cpu().view(n, batch))
+        del rows
+    return torch.cat(out) if out else torch.zeros(0, batch)
+
+
+def greedy_incompleteness_runs(evaluator: CircuitEvaluator, candidates: Sequence[Head], *,
+                               runs: int = 10, steps: int = 10, sample: int = 10, seed: int = 0,
+                               progress: bool = False) -> list[dict]:
+    """Wang et al.'s greedy search for a K ⊆ C with a large |F(C \\ K) − F(M \\ K)|, as
+    their code runs it (Easy-Transformer ``completeness.py``, ``new_greedy_search``).
+
+    Each of ``runs`` independent runs starts from K = ∅ and the gap |F(C) − F(M)|; each of
+    its ``steps`` steps draws ``sample`` heads not yet in K (without replacement), scores
+    K ∪ {v} for each, and adds the best v **only if its gap is larger than the current one**
+    (otherwise K stays as it was). The authors: 10 runs, 10 steps, 10 candidates. The runs
+    advance in lockstep so that one batched call scores every run's candidates of a step
+    (same numbers as running them one after another with the same draws). Costs
+    2 · runs · steps · sample ablated runs of the evaluator's prompts. Returns one dict per
+    run: ``{"K", "F_C_minus_K", "F_M_minus_K", "gap", "accepted"}`` (K in the order added;
+    ``accepted``: the steps that grew K).
+    """
+    if runs < 1 or steps < 1 or sample < 1:
+        raise ValueError(f"runs, steps and sample must be at least 1, got runs={runs}, "
+                         f"steps={steps}, sample={sample}")
+    candidates = [(int(L), int(h)) for L, h in candidates]
+    if not candidates:
+        raise ValueError("greedy_incompleteness_runs needs candidate heads (the circuit's)")
+    rng = random.Random(seed)
+    f_c0 = evaluator.F(circuit=True)
+    f_m0 = evaluator.F()
+    state = [{"K": [], "F_C_minus_K": f_c0, "F_M_minus_K": f_m0, "gap": abs(f_c0 - f_m0),
+              "accepted": []} for _ in range(runs)]
+    for step in range(steps):
+        pools = []
+        for run in state:
+            rest = [c for c in candidates if c not in run["K"]]
+            pools.append(rng.sample(rest, min(sample, len(rest))))
+        configs = [run["K"] + [v] for run, pool in zip(state, pools) for v in pool]
+        if not configs:
+            break
+        f_c = evaluator.scores(configs, circuit=True, progress=progress)
+        f_m = evaluator.scores(configs, progress=progress)
+        at = 0
+        for run, pool in zip(state, pools):
+            gaps = [abs(f_c[at + j] - f_m[at + j]) for j in range(len(pool))]
+            if gaps:
+                best = max(range(len(pool)), key=gaps.__getitem__)
+                if gaps[best] > run["gap"]:
+                    run.update(K=run["K"] + [pool[best]], F_C_minus_K=f_c[at + best],
+                               F_M_minus_K=f_m[at + best], gap=gaps[best])
+                    run["accepted"].append(step)
+            at += len(pool)
+    return state

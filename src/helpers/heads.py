@@ -19,7 +19,8 @@ import torch
 from .circuits import Head, head_label, parse_head
 from .hooks import as_tokens, folded_layer_norm, hook_name
 
-__all__ = ["top_heads", "format_heads", "top_fraction_heads", "attention_between", "copy_score", "ov_logits"]
+__all__ = ["top_heads", "format_heads", "top_fraction_heads", "attention_between", "attention_values",
+           "copy_score", "copy_logits", "head_value_bias", "ov_logits"]
 
 
 def top_heads(scores: torch.Tensor, k: int = 5, *, largest: bool = True) -> list[tuple[str, float]]:
@@ -85,6 +86,47 @@ def ov_logits(model, head: str | Head, resid: torch.Tensor, *, include_bias: boo
     return folded_layer_norm(out, eps) @ model.W_U
 
 
+def head_value_bias(model, head: str | Head) -> torch.Tensor:
+    """``[d_head]``: one head's own value bias, LayerNorm folded in, as the papers' code had it.
+
+    Compatibility mode folds every value bias into the layer's ``b_O`` (``model.b_V`` is 0
+    there), so :func:`helpers.models.finish_model` records them per head beforehand
+    (``model.casebook_value_bias``); a model not loaded through it cannot say.
+    """
+    L, h = parse_head(head)
+    recorded = getattr(model, "casebook_value_bias", None)
+    if recorded is None:
+        raise ValueError(
+            "This model carries no record of its per-head value biases (compatibility mode "
+            "folds them into b_O, so model.b_V is 0). Load it with helpers.load_model (or "
+            "helpers.models.finish_model), which records them as model.casebook_value_bias, "
+            "or pass include_bias=False to leave the value bias out.")
+    return recorded[L, h].to(model.W_V.device)
+
+
+@torch.no_grad()
+def copy_logits(model, head: str | Head, resid: torch.Tensor, *, sign: int = 1,
+                include_bias: bool = True, unembed_bias: bool = True) -> torch.Tensor:
+    """``[m, d_vocab]``: the copy score's logits, as Wang et al.'s code computes them.
+
+    ``resid [m, d_model]`` through the (folded) LayerNorm in front of the head, the head's
+    ``W_V`` plus its own value bias :func:`head_value_bias` (``include_bias``), its ``W_O``,
+    times ``sign``, then the final (folded) LayerNorm and the unembedding with its bias
+    ``b_U`` (``unembed_bias``; not multiplied by ``sign``: the authors flip the head's output,
+    not the unembedding). Compatibility mode's folded ``b_U`` is the final LayerNorm's bias
+    through ``W_U`` (centred over the vocabulary, which moves no token's rank).
+    """
+    if sign not in (1, -1):
+        raise ValueError(f"sign must be +1 (copying) or -1 (suppression), got {sign!r}")
+    L, h = parse_head(head)
+    eps = model.cfg.eps
+    v = folded_layer_norm(resid, eps) @ model.W_V[L, h]
+    if include_bias:
+        v = v + head_value_bias(model, (L, h))
+    logits = folded_layer_norm(sign * (v @ model.W_O[L, h]), eps) @ model.W_U
+    return logits + model.b_U if unembed_bias else logits
+
+
 @torch.no_grad()
 def copy_score(
     model,
@@ -95,12 +137,15 @@ def copy_score(
     k: int = 5,
     sign: int = 1,
     include_bias: bool = True,
+    unembed_bias: bool = True,
 ) -> dict[str, float]:
-    """``{"L.H": share}``: how often a token is in the top ``k`` of its own OV logits.
+    """``{"L.H": share}``: how often a token is in the top ``k`` of its own copy logits.
 
     ``resid``: ``[m, d_model]`` residual streams read in context (e.g. ``blocks.0.
     hook_resid_post`` at the name positions of IOI prompts); ``token_ids``: ``[m]`` the token
     each row carries. ``sign=-1`` scores suppression instead (the negative copy score).
+    The logits are :func:`copy_logits`: the head's own value bias (``include_bias``) and the
+    unembedding bias (``unembed_bias``) included, as in Wang et al.'s code.
     """
     if sign not in (1, -1):
         raise ValueError(f"sign must be +1 (copying) or -1 (suppression), got {sign!r}")
@@ -114,11 +159,32 @@ def copy_score(
     for head in heads:
         hits = 0.0
         for start in range(0, resid.shape[0], 256):  # 256 rows of d_vocab logits at a time
-            logits = sign * ov_logits(model, head, resid[start : start + 256], include_bias=include_bias)
+            logits = copy_logits(model, head, resid[start : start + 256], sign=sign,
+                                 include_bias=include_bias, unembed_bias=unembed_bias)
             top = logits.topk(k, dim=-1).indices
             hits += (top == token_ids[start : start + 256, None]).any(-1).float().sum().item()
         out[head_label(*parse_head(head))] = hits / max(1, resid.shape[0])
     return out
+
+
+def attention_values(model, tokens, heads: Iterable[str | Head], query, key) -> torch.Tensor:
+    """``[n, len(heads)]``: each prompt's attention from ``query`` to ``key`` per head (the
+    per-prompt values behind :func:`attention_between`, for standard errors)."""
+    tokens = as_tokens(tokens).to(model.cfg.device)
+    n = tokens.shape[0]
+    heads = [parse_head(h) for h in heads]
+    q = torch.as_tensor(query).expand(n) if torch.as_tensor(query).ndim == 0 else torch.as_tensor(query)
+    kk = torch.as_tensor(key).expand(n) if torch.as_tensor(key).ndim == 0 else torch.as_tensor(key)
+    names = sorted({hook_name("pattern", L) for L, _ in heads})
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+    out = []
+    for L, h in heads:
+        pattern = cache[hook_name("pattern", L)]
+        dev = pattern.device
+        rows = torch.arange(n, device=dev)
+        out.append(pattern[rows, h, q.to(dev), kk.to(dev)].float().cpu())
+    return torch.stack(out, dim=1)
 
 
 def top_fraction_heads(scores: torch.Tensor, fraction: float) -> list[str]:

@@ -77,7 +77,13 @@ __all__ = [
     "minimality_k_sets",
     "PathPatchingExperiment",
     "PATH_PATCHING",
+    "DISCOVERY",
+    "discovery_ranking",
+    "NAIVE_CIRCUIT",
+    "completeness_classes",
     "copy_score_inputs",
+    "minimality_table",
+    "build_scorecard",
 ]
 
 ORDERS = ("BABA", "ABBA")
@@ -618,11 +624,16 @@ def _others(group: tuple[str, ...], v: str) -> tuple[str, ...]:
 
 
 #: The K of every circuit head v for minimality (Wang et al. 2022, App. K, Fig. 20):
-#: ``{v: K}`` with heads as ``"L.H"``. Name movers and backups form a chain (each K is
-#: the heads before v in the value chain of Fig. 20, which matches the authors'
-#: ``minimality.py``); 9.0 and 11.9 drop the other twelve of the 11 name-mover-class heads
-#: and the 2 negative ones; other heads drop the rest of their group (5.5, 6.9: the other
-#: three of 5.5, 5.8, 5.9, 6.9), except 5.8 and 5.9, whose K is the negative name movers.
+#: ``{v: K}`` with heads as ``"L.H"``.
+#:
+#: * Name movers and backups form a chain: each K is the heads before v in the value chain
+#:   of Fig. 20 (9.9, 10.0, 9.6, 10.10, 10.6, 10.2, 10.1, 11.2, 9.7), which matches the
+#:   authors' ``minimality.py``.
+#: * 9.0 and 11.9: K is the 11 name-mover-class heads and the 2 negative name movers,
+#:   without v (12 heads).
+#: * 5.8 and 5.9: K is the two negative name movers.
+#: * Every other head: K is the rest of its group (for 5.5 and 6.9 the group is 5.5, 5.8,
+#:   5.9, 6.9).
 MINIMALITY_SETS: dict[str, tuple[str, ...]] = {
     **{v: _NAME_MOVER_CHAIN[:i] for i, v in enumerate(_NAME_MOVER_CHAIN)},
     **{v: _others(_NM_CLASS + _NEGATIVE, v) for v in ("9.0", "11.9")},
@@ -731,3 +742,276 @@ def copy_score_inputs(model, ds: IOIDataset, *, hook: str = "blocks.0.hook_resid
     resid = activations_at(model, ds.tokens, hook, pos)  # [n, k, d_model]
     ids = ds.tokens.gather(1, pos)  # [n, k]
     return resid.transpose(0, 1).reshape(-1, resid.shape[-1]), ids.T.reshape(-1).to(resid.device)
+
+
+
+# --------------------------------------------------------------------------- discovery rows
+
+#: What each path-patching experiment should find, for the scorecard's top-k rows:
+#: ``{experiment: [(row label, paper's heads, k, order), ...]}``. ``order`` ranks the senders:
+#: ``"negative"`` (most negative % change first), ``"positive"``, or ``"magnitude"`` (largest
+#: |% change| first, where the claim is about which heads matter, not the sign). ``k`` is the
+#: paper's heads plus two. Senders at or after the receivers' layer have no path to them
+#: (NaN) and are not ranked.
+DISCOVERY: dict[str, list[tuple[str, tuple[str, ...], int, str]]] = {
+    "logits": [("name movers among the most negative senders → logits (Fig. 3b)",
+                ("9.9", "9.6", "10.0"), 5, "negative"),
+               ("negative name movers among the most positive senders → logits (Fig. 3b)",
+                ("10.7", "11.10"), 4, "positive")],
+    "name mover queries": [("S-inhibition heads among the strongest senders → name movers' "
+                            "queries (Fig. 4)", ("7.3", "7.9", "8.6", "8.10"), 6, "magnitude")],
+    "s-inhibition values": [("induction and duplicate-token heads among the strongest senders "
+                             "→ S-inhibition values (Fig. 5)", ("5.5", "6.9", "0.1", "3.0"), 6,
+                             "magnitude")],
+    "s-inhibition keys": [("fuzzy heads 5.8, 5.9, 0.10 among the strongest senders → "
+                           "S-inhibition keys (App. C)", ("5.8", "5.9", "0.10"), 5,
+                           "magnitude")],
+    "induction keys": [("previous-token heads among the strongest senders → induction keys "
+                        "(App. D)", ("2.2", "4.11"), 4, "magnitude")],
+}
+
+
+def discovery_ranking(scores: torch.Tensor, clean_value: float, order: str) -> list[str]:
+    """Every sender with a path (non-NaN score), as ``"L.H"``, best first for ``order``
+    (``"negative"``, ``"positive"`` or ``"magnitude"`` of the % change in the metric)."""
+    if order not in ("negative", "positive", "magnitude"):
+        raise ValueError(f"order must be 'negative', 'positive' or 'magnitude', got {order!r}")
+    change = percent_change(torch.as_tensor(scores).detach().float().cpu(), clean_value)
+    key = {"negative": -change, "positive": change, "magnitude": change.abs()}[order]
+    n_heads = change.shape[1]
+    flat = key.flatten()
+    valid = [i for i in range(flat.numel()) if not torch.isnan(flat[i])]
+    valid.sort(key=lambda i: (-float(flat[i]), i))
+    return [f"{i // n_heads}.{i % n_heads}" for i in valid]
+
+
+# --------------------------------------------------------------------------- completeness sets
+
+#: The naive circuit of §4.3: name movers, S-inhibition heads, two induction, two
+#: duplicate-token and two previous-token heads, as in the authors' ``NAIVE``
+#: (Easy-Transformer ``ioi_circuit_extraction.py``); positions as in :data:`IOI_CIRCUIT`.
+#: Faithful (|F(M) − F(C)| ≈ 0.1 in §4.3) but incomplete: no backup or negative name movers.
+NAIVE_CIRCUIT = Circuit.from_labels(
+    "IOI naive circuit, GPT-2 small",
+    {
+        "name mover": ("9.6", "9.9", "10.0"),
+        "s-inhibition": ("7.3", "7.9", "8.6", "8.10"),
+        "induction": ("5.5", "5.9"),
+        "duplicate token": ("3.0", "0.10"),
+        "previous token": ("2.2", "4.11"),
+    },
+    {"name mover": "END", "s-inhibition": "END", "induction": "S2",
+     "duplicate token": "S2", "previous token": "S1+1"},
+    source="Wang et al. 2022, §4.3; the authors' NAIVE (Easy-Transformer "
+           "ioi_circuit_extraction.py)",
+)
+
+
+def completeness_classes(circuit: Circuit = IOI_CIRCUIT) -> dict[str, list[Head]]:
+    """The classes the authors' completeness code removes as K (``completeness.py`` loops
+    over their ``CIRCUIT``'s keys): six for the full circuit, because their "name mover"
+    class holds the 3 name movers **and** the 8 backups (so K = all 11 is tried); the
+    negative name movers, S-inhibition, induction, duplicate-token and previous-token heads
+    as in :data:`IOI_CIRCUIT`. Empty classes are left out."""
+    out: dict[str, list[Head]] = {}
+    for cls in circuit.classes:
+        name = "name mover (with backups)" if cls in ("name mover", "backup name mover") else cls
+        heads = circuit.heads(cls)
+        if heads:
+            out.setdefault(name, []).extend(heads)
+    return out
+
+
+# --------------------------------------------------------------------------- minimality table
+
+
+def minimality_table(per_prompt: torch.Tensor, configs: list, k_sets: dict, f_m: float,
+                     threshold: float = 0.01):
+    r"""One row per head v: this run's F(C \ K), F(C \ (K ∪ {v})), the change, its share of
+    F(M) with a standard error, pass/fail at ``threshold`` and whether it is near it.
+
+    ``per_prompt``: ``[len(configs), n]`` per-prompt scores of the circuit with each
+    ``configs[i]`` (a frozenset of heads) removed; ``k_sets``: ``{v: K}`` (heads). The SE
+    of a change is std/√n of the per-prompt differences (the two runs share their prompts);
+    "near" means within 2 SE of the threshold, where the sample cannot tell pass from fail.
+    """
+    import pandas as pd
+
+    index = {c: i for i, c in enumerate(configs)}
+    n = per_prompt.shape[1]
+    rows = []
+    for v, K in k_sets.items():
+        K = frozenset(K)
+        diff = per_prompt[index[K | {v}]] - per_prompt[index[K]]
+        change = diff.mean().item()
+        se = (diff.std() / n ** 0.5).item() if n > 1 else float("nan")
+        share, share_se = abs(change) / abs(f_m), se / abs(f_m)
+        rows.append({"head": f"{v[0]}.{v[1]}", "F(C \\ K)": per_prompt[index[K]].mean().item(),
+                     "F(C \\ (K ∪ {v}))": per_prompt[index[K | {v}]].mean().item(),
+                     "change": change, "share of F(M)": share, "SE of share": share_se,
+                     "passes": share >= threshold,
+                     "near threshold": abs(share - threshold) <= 2 * share_se})
+    return pd.DataFrame(rows)
+
+
+def minimality_configs(k_sets: dict) -> list[frozenset]:
+    """The distinct sets (each K and K ∪ {v}) to score for :func:`minimality_table`, once each."""
+    out: dict[frozenset, None] = {}
+    for v, K in k_sets.items():
+        out.setdefault(frozenset(K), None)
+        out.setdefault(frozenset(K) | {v}, None)
+    return list(out)
+
+
+# --------------------------------------------------------------------------- scorecard
+
+#: Nulls the copy-score rows are judged against: the paper's average head (§3.1: "the
+#: average head" copies < 20% of names and suppresses 12%).
+_AVERAGE_HEAD_COPY, _AVERAGE_HEAD_NEGATIVE = 0.20, 0.12
+
+
+def _share_se(p: float, m: int) -> float:
+    return (p * (1 - p) / m) ** 0.5 if m > 0 else float("nan")
+
+
+def build_scorecard(model, r: dict):
+    r"""The chapter's scorecard from its results ``r`` (keys below; a missing key or ``None``
+    shows the row as "not run at this size").
+
+    ``n_heads_circuit``, ``share_of_nodes``; ``baseline_lds``, ``baseline_probs`` (per
+    prompt); ``f_c``, ``f_m`` (per prompt, the full circuit and the model);
+    ``f_m_minus_nm`` (per prompt, 9.9, 9.6, 10.0 knocked out at END); ``nm_direct`` (per
+    prompt, their summed direct effect); ``f_c_minus_negative`` (per prompt);
+    ``nm_attention``, ``sinh_attention`` (``[n, heads]``); ``copy_scores``,
+    ``negative_copy_scores`` (``{head: share}``) and ``copy_rows`` (rows scored);
+    ``minimality`` (:func:`minimality_table`); ``greedy_best`` (per-prompt F(C \ K) − F(M \ K)
+    of the worst greedy K, re-scored); ``naive_gap`` (per prompt F(M) − F(naive));
+    ``path_patching`` (``{experiment: scores}``) with ``clean_ld``.
+    """
+    import numpy as np
+
+    from ..scorecard import Reference, Scorecard, bootstrap_se
+
+    def get(key):
+        return r.get(key)
+
+    card = Scorecard("Indirect Object Identification, GPT-2 small (Wang et al. 2022)",
+                     stand_in=model.is_stand_in)
+    sec_circuit = "5. The circuit as a whole: faithfulness, knockouts, minimality, completeness"
+    card.data_check("circuit heads", Reference(26, "Wang et al. 2022, §3 (final arXiv text)"),
+                    get("n_heads_circuit"), section=sec_circuit)
+    card.data_check("circuit share of (head, position) pairs",
+                    IOI["circuit_share_of_head_positions"], get("share_of_nodes"), tol=0.003,
+                    section=sec_circuit, note="26 heads × 1 position over 144 heads × the "
+                    "prompts' mean length")
+
+    sec_task = "1. The task: how well does GPT-2 do it?"
+    lds, probs = get("baseline_lds"), get("baseline_probs")
+    card.band("mean logit difference", IOI["logit_diff"], None, 0.5, null=0.0, values=lds,
+              section=sec_task)
+    card.band("mean IO probability", IOI["io_prob"], None, 0.08, null=0.0, values=probs,
+              section=sec_task)
+    card.band("share of prompts with IO > S", IOI["io_beats_s"], None, 0.02, null=0.5,
+              values=None if lds is None else (torch.as_tensor(lds) > 0).float(),
+              section=sec_task, note="null: a coin flip between the two names")
+
+    f_c, f_m = get("f_c"), get("f_m")
+    if f_c is not None and f_m is not None:
+        pair = np.stack([np.asarray(f_c, dtype=float), np.asarray(f_m, dtype=float)], 1)
+        ratio = float(pair[:, 0].mean() / pair[:, 1].mean())
+        ratio_se = bootstrap_se(pair, lambda a: a[:, 0].mean() / a[:, 1].mean())
+    else:
+        ratio = ratio_se = None
+    card.band("faithfulness F(C)/F(M)", IOI["faithfulness_ratio"], ratio, 0.1, null=0.0,
+              se=ratio_se, section=sec_circuit,
+              note="null: a circuit that carries none of the logit difference")
+
+    nm, direct = get("f_m_minus_nm"), get("nm_direct")
+    if nm is not None and f_m is not None and direct is not None:
+        pair = np.stack([np.asarray(nm, dtype=float), np.asarray(f_m, dtype=float)], 1)
+        drop = float(1 - pair[:, 0].mean() / pair[:, 1].mean())
+        drop_se = bootstrap_se(pair, lambda a: 1 - a[:, 0].mean() / a[:, 1].mean())
+        d = np.stack([np.asarray(direct, dtype=float), np.asarray(f_m, dtype=float)], 1)
+        share = float(d[:, 0].mean() / d[:, 1].mean())
+        share_se = bootstrap_se(d, lambda a: a[:, 0].mean() / a[:, 1].mean())
+        greater, lesser = (("direct effect of 9.9, 9.6, 10.0 (share of F(M))", share, share_se),
+                           ("drop when they are knocked out at END", drop, drop_se))
+    else:
+        greater, lesser = (("direct effect", None, None), ("knockout drop", None, None))
+    card.ordering("self-repair: the 3 name movers write more than their knockout costs",
+                  IOI["name_movers_knocked_out_drop"], greater=greater, lesser=lesser,
+                  section=sec_circuit, note="paper: knocking them out costs ~5% (§3.4) "
+                  "because backups take over; drop = 1 − F(M \\ NMs)/F(M)")
+
+    neg, f_c_ = get("f_c_minus_negative"), get("f_c")
+    rise = None if neg is None or f_c_ is None else (torch.as_tensor(neg) - torch.as_tensor(f_c_))
+    card.band("rise of F(C) when 10.7, 11.10 leave the circuit",
+              IOI["negative_movers_removed_rise"], None, 0.6, null=0.0, values=rise,
+              section=sec_circuit, note="against App. K's own F(C) = 2.62 (§4 implies 3.10)")
+
+    sec_att = "4. What the heads attend to"
+    nm_att, sinh_att = get("nm_attention"), get("sinh_attention")
+    card.band("name movers' attention END → IO", IOI["name_mover_attention_to_io"], None, 0.15,
+              null=0.06, values=None if nm_att is None else torch.as_tensor(nm_att).mean(1),
+              section=sec_att, note="null: uniform attention over ~17 tokens")
+    card.band("S-inhibition attention END → S2", IOI["s_inhibition_attention_to_s2"], None, 0.15,
+              null=0.06, values=None if sinh_att is None else torch.as_tensor(sinh_att).mean(1),
+              section=sec_att, note="null: uniform attention over ~17 tokens")
+
+    m = get("copy_rows") or 0
+    for key, ref, null, what in (
+            ("copy_scores", IOI["name_mover_copy_score"], _AVERAGE_HEAD_COPY,
+             "name movers' copy score (lowest of 9.9, 9.6, 10.0)"),
+            ("negative_copy_scores", IOI["negative_mover_copy_score"], _AVERAGE_HEAD_NEGATIVE,
+             "negative copy score (lowest of 10.7, 11.10)")):
+        scores = get(key)
+        low = None if not scores else min(scores.values())
+        card.at_least(what, ref, low, 0.95, null=null,
+                      se=None if low is None else _share_se(low, m), section=sec_att,
+                      note=f"paper: > 95% / 98%; null: the paper's average head ({null:.0%})")
+
+    mini = get("minimality")
+    if mini is not None:
+        passing = int(mini["passes"].sum())
+        z = (mini["share of F(M)"] - 0.01) / mini["SE of share"].clip(lower=1e-12)
+        p = 0.5 * (1 + torch.erf(torch.tensor(z.values, dtype=torch.float32) / 2 ** 0.5))
+        count_se = float((p * (1 - p)).sum().sqrt())
+        near = ", ".join(f"{h} ({s:.1%} ± {e:.1%})" for h, s, e in zip(
+            mini["head"], mini["share of F(M)"], mini["SE of share"])
+            if abs(s - 0.01) <= 2 * e) or "none"
+    else:
+        passing, count_se, near = None, None, "—"
+    card.at_least("heads passing minimality (paper's K, ≥ 1% of F(M))",
+                  Reference(26, IOI["minimality_min_share"].source), passing, 24, null=0.0,
+                  se=count_se, section=sec_circuit,
+                  note="bound 24: the paper's own 9.0 and 11.9 sit at 1.1% (0.45 → 0.41); "
+                  f"within 2 SE of 1% in this run: {near}")
+
+    gap = get("greedy_best")
+    if gap is not None:  # oriented so that its mean is the incompleteness |mean gap|
+        gap = torch.as_tensor(gap).float()
+        gap = gap * (1.0 if gap.mean() >= 0 else -1.0)
+    card.at_least("worst incompleteness found by the greedy search",
+                  IOI["greedy_incompleteness"], None, 1.5, null=0.0, values=gap,
+                  section=sec_circuit,
+                  note="a smaller search than the paper's (see section 5): a lower bound; "
+                  "the value is F(C \\ K) − F(M \\ K) of the worst K found")
+
+    naive = get("naive_gap")
+    card.at_most("naive circuit: |F(M) − F(C)| (faithful)",
+                 Reference(0.1, "Wang et al. 2022, §4.3"), None if naive is None
+                 else abs(float(torch.as_tensor(naive).mean())), 0.5, null=3.56,
+                 se=None if naive is None else float(torch.as_tensor(naive).std()
+                                                      / len(naive) ** 0.5),
+                 section=sec_circuit, note="null: a circuit that carries nothing, |F(M)|")
+
+    sec_pp = "3. Path patching: tracing the circuit backwards"
+    pp, clean_ld = get("path_patching") or {}, get("clean_ld")
+    for exp, rows in DISCOVERY.items():
+        for label, members, k, order in rows:
+            ranking = (None if exp not in pp or clean_ld is None
+                       else discovery_ranking(pp[exp], clean_ld, order))
+            card.top_k(label, Reference(len(members), PATH_PATCHING[exp].source), ranking,
+                       members, k, section=sec_pp,
+                       note=f"ranked by {order} % change; null: a random ranking")
+    return card
