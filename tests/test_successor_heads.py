@@ -66,14 +66,12 @@ def test_unknown_task_and_bad_inputs():
         sh.make_numbered_lists(["no list here"])
 
 
-def test_numbered_lists_and_acronyms_tokenize():
+def test_numbered_lists_tokenize():
     tok = gpt2_tokenizer()
     lists = sh.make_numbered_lists(tokenizer=tok)
     assert len(lists) == len(sh.NUMBERED_LISTS)
     for p, a, k in zip(lists.prompts, lists.answers.tolist(), lists.fields["next"]):
         assert tok.decode([a]) == str(k) and p.endswith("\n")
-    acr = sh.make_acronym_prompts(tokenizer=tok)
-    assert [tok.decode([a]) for a in acr.answers.tolist()] == [a[0] for a in acr.fields["acronym"]]
 
 
 def test_text_sample_ships_with_licence():
@@ -378,7 +376,8 @@ def test_mod10_analysis_on_planted_residues():
     basis = torch.linalg.qr(torch.randn(48, 48, generator=gen))[0]
     values = torch.arange(1, 121)
     x = 3 * basis[values % 10] + 3 * basis[10 + (values // 10) % 12]
-    out = sh.mod10_analysis(x, values, seeds=(0,), n_features=24, l1=0.1, steps=300, probe_steps=150)
+    out = sh.mod10_analysis(x, values % 10, seeds=(0,), n_features=24, l1=0.1, steps=300,
+                            probe_steps=150)
     assert out["probe_accuracy"] == 1.0
     assert out["coverage"].mean() > 0.8 and out["cosine"].mean() > 0.5
 
@@ -463,3 +462,164 @@ def test_residue_directions_check_names_known_mistakes():
     assert "tens digit" in tens.message
     off = check_residue_directions(lambda x, v: reference_residue_directions(x, v + 1))
     assert off.status == "fail"
+
+
+# --------------------------------------------------------------------------- issue 29
+
+
+def test_single_token_share_on_the_bridges_tokenizer_which_adds_bos(tiny_model):
+    tok = tiny_model.tokenizer
+    assert len(tok.encode(" Monday")) == 2  # the bridge's tokenizer prepends BOS ...
+    assert sh.single_token_share(tok) == 1.0  # ... which the count leaves out
+
+
+def _wins(text: str, answer: str):
+    tok = gpt2_tokenizer()
+    ids = tok.encode(text)
+    return sh.categorise_wins(tok, torch.tensor([ids]), [0], [len(ids) - 1],
+                              [tok.encode(answer)[0]])[0]
+
+
+@pytest.mark.parametrize("text, answer, category", [
+    (" Monday, Tuesday,", " Wednesday", "incrementing"),
+    (" 9 and 4 and", " 5", "incrementing"),
+    # the predecessor occurs, but not as the most recent item of its task
+    (" 4 then 9 then", " 5", "other"),
+    (" Monday, Friday, and", " Tuesday", "other"),
+    (" 3 and 7 and", " 9", "greater-than"),
+    (" 9 and 3 and", " 7", "greater-than"),
+    (" 7 and 9 and", " 3", "other"),
+    # the pronoun and the article are not acronyms, even after capitalised words
+    (" Alice and Ian said that", " I", "other"),
+    (" In Austin there is", " A", "other"),
+    (" the Central Processing Unit (", "C", "acronym"),
+    (" the central processing unit (", "C", "other"),  # no capitalised word starts with C
+])
+def test_categorise_wins_counter_examples(text, answer, category):
+    assert _wins(text, answer) == category
+
+
+def test_succession_hits_task_mean_chance_and_ranking():
+    data = sh.make_succession_dataset(tasks=["days", "letters"])
+    both = torch.stack([_perm_logits(data, True), _perm_logits(data, False)])
+    out = sh.scores_from_logits(both, data)
+    assert out["hits"].shape == (2, 32) and out["hits"][0].eq(1).all()
+    torch.testing.assert_close(out["score"], out["hits"].mean(-1))
+    torch.testing.assert_close(out["task_mean"], torch.tensor([1.0, 0.0]))
+    assert sh.chance_score(sh.make_succession_dataset(tasks=["days"])) == pytest.approx(1 / 7)
+    assert sh.chance_score(data) == pytest.approx((7 / 7 + 25 / 26) / 32)
+    assert sh.ranked_heads(torch.tensor([[0.1, 0.9], [float("nan"), 0.5]])) == ["0.1", "1.1", "0.0", "1.0"]
+
+
+def test_sensitivity_table_and_head_maps_on_the_planted_head(planted):
+    data, model = planted
+    variants = (("embed, b_V", "embed", True), ("embed, no b_V", "embed", False))
+    table, runs = sh.sensitivity_table(model, data, head="1.1", variants=variants)
+    assert len(table) == 4 and set(table["aggregate"]) == {"pooled", "task mean"}
+    assert (table["top head"] == "1.1").all() and table["top > 0.5"].all()
+    assert (table["1.1 rank"] == 1).all()
+    maps = sh.head_maps(model, data, "1.1", ("Monday", "March", "Sunday"), inputs="embed")
+    assert maps["top in its task"].tolist() == maps["successor"].tolist()
+    assert maps.loc["' Sunday'", "successor"] == "' Monday'"
+    with pytest.raises(ValueError, match="not succession items"):
+        sh.head_maps(model, data, "1.1", ("Funday",))
+
+
+def test_mod10_token_sets():
+    train = sh.mod10_token_set()
+    assert len(train["ids"]) == 501 + 446 + 20 + 10 + 7 + 12
+    assert train["ids"].unique().numel() == len(train["ids"])
+    i = train["word"].index(" 42")
+    assert train["residue"][i] == 2 and train["domain"][i] == "numbers"
+    assert train["residue"][train["word"].index(" January")] == 1
+    held = sh.transfer_token_set()
+    assert not set(held["ids"].tolist()) & set(train["ids"].tolist())
+    assert len(held["ids"]) == 44 and " May" not in held["word"]  # " May" is also a month
+    tr, va = sh.split_rows(996)
+    assert len(va) == 100 and not set(tr.tolist()) & set(va.tolist())
+    assert torch.equal(torch.cat([tr, va]).sort().values, torch.arange(996))
+    assert torch.equal(sh.split_rows(996)[1], va)  # seeded
+
+
+def test_match_one_to_one_gives_a_dense_feature_to_one_class_only():
+    # feature 0 fires on everything: it would be every class's best by coverage
+    cov = torch.tensor([[1.0, 0.9, 0.0], [1.0, 0.0, 0.8]])
+    assert sh.match_one_to_one(cov) == [1, 0] or sh.match_one_to_one(cov) == [0, 2]
+    assert len(set(sh.match_one_to_one(cov))) == 2
+    with pytest.raises(ValueError, match="one to one"):
+        sh.match_one_to_one(torch.zeros(3, 2))
+    acts = torch.tensor([[0.0, 2.0, 1.0], [0.0, 0.0, 0.0]])
+    assert sh.predict_residue(acts, [1, 2]).tolist() == [0, -1]
+
+
+def test_mod10_accuracy_is_held_out():
+    gen = torch.Generator().manual_seed(2)
+    basis = torch.linalg.qr(torch.randn(48, 48, generator=gen))[0]
+    values = torch.arange(1, 301)
+    x = 3 * basis[values % 10] + 3 * basis[10 + (values // 10) % 30]
+    out = sh.mod10_analysis(x, values % 10, seeds=(0,), n_features=24, l1=0.1, steps=300,
+                            probe_steps=150)
+    assert len(out["val"]) == 30 and out["probe_accuracy"] == 1.0
+    assert out["sae_accuracy"][0] > 0.9 and out["modal_coverage"].mean() > 0.8
+    assert out["features_idx"][0].unique().numel() == 10
+    # labels with no structure: the probe fits its training rows, not the held-out ones
+    noise = torch.randn(300, 256, generator=gen)
+    labels = torch.randint(0, 10, (300,), generator=gen)
+    fit = sh.mod10_analysis(noise, labels, seeds=(0,), n_features=16, steps=20, probe_steps=300)
+    assert fit["probe_train_accuracy"] > 0.9 and fit["probe_accuracy"] < 0.4
+    tr = sh.mod10_transfer(out, x[:20], values[:20] % 10)
+    assert tr["probe"] == 1.0 and tr["sae"].shape == (1,)
+    with pytest.raises(ValueError, match="overlap"):
+        sh.mod10_analysis(x, values % 10, train=torch.arange(10), val=torch.arange(5))
+
+
+def test_vector_arithmetic_valid_cells():
+    days = sh.vector_arithmetic_valid(range(1, 8), 7, cyclic=True)
+    assert days.sum(1).tolist() == [7] * 7  # residues 1..7 exist; 0, 8, 9 are no day
+    letters = sh.vector_arithmetic_valid(range(1, 27), 26, cyclic=False)
+    assert int((~letters).sum()) == 9 + 7 * 4  # index 0, and 26..29 (Z has no successor)
+    months = sh.vector_arithmetic_valid(range(1, 13), 12, cyclic=True)
+    assert months[11].tolist() == [True, True, True] + [False] * 7  # 10, 11, 12 (→ January)
+    assert sh.vector_arithmetic_valid(range(20, 30), 200, cyclic=False).all()
+
+
+def _measurements(good: bool) -> dict:
+    ranking = [f"{L}.{h}" for L in range(12) for h in range(12)]
+    first = ranking.pop(ranking.index("9.1"))
+    ranking = [first] + ranking if good else ranking + [first]
+    naive = [h for h in ranking if h not in ("10.3", "9.1")]
+    naive = ["10.3"] + naive[:40] + ["9.1"] + naive[40:]
+    return {"n_tokens": 294, "single_token_share": 1.0, "heads_small": 144, "heads_medium": None,
+            "ranking": ranking, "top_hits": torch.ones(290) if good else torch.zeros(290),
+            "chance": 0.03, "top_hits_medium": None, "days_hits": torch.ones(7),
+            "lift_ranking": ranking, "naive_ranking": naive,
+            "naive_offsets": torch.tensor([-1] * 250 + [1] * 40),
+            "modal_coverage": 0.5, "cosine": 0.6, "sae_transfer": 0.7, "va_numbers": 0.8,
+            "va_months": 0.4, "list_win_share": 0.9, "text_is_pile": False,
+            "text_shares": {"acronym": 0.1}}
+
+
+def test_scorecard_grades_gpt2_only_against_gpt2_and_its_nulls_fail():
+    from helpers.scorecard_data import DIFFERS, FOR_COMPARISON, HOLDS, NOT_RUN
+
+    card = sh.build_scorecard(_measurements(True), stand_in=False)
+    roles = {r.quantity: r.role for r in card.rows}
+    for row in card.rows:  # no GPT-2 row graded against another model's number
+        if row.role == "graded":
+            assert "Pythia" not in row.reference.note + row.reference.source, row.quantity
+    pythia = [r for r in card.rows if "Pythia" in r.reference.note]
+    assert pythia and all(r.role == "info" for r in pythia)
+    verdicts = dict(zip(roles, card.verdicts()))
+    assert verdicts["9.1 is the top head by succession score, GPT-2 small"] == HOLDS
+    assert verdicts["heads screened, GPT-2 medium"] == NOT_RUN  # the smoke build skips it
+    assert verdicts["top head's succession score ≥ 0.5 (audit's threshold), GPT-2 medium"] == NOT_RUN
+    assert DIFFERS not in verdicts.values()
+    assert {verdicts[q] for q, r in roles.items() if r == "info"} == {FOR_COMPARISON}
+    acr = next(r for r in card.rows if r.quantity.startswith("acronym"))
+    assert acr.measured is None and "not Pile" in acr.note  # graded only on Pile text
+    bad = sh.build_scorecard(_measurements(False), stand_in=False)
+    assert dict(zip(roles, bad.verdicts()))["9.1 is the top head by succession score, GPT-2 small"] == DIFFERS
+    null = card.null_run()
+    for row, verdict in zip(null.rows, null.verdicts()):
+        if row.role == "graded" and row.measured is not None:
+            assert verdict == DIFFERS, row.quantity

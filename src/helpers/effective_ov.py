@@ -83,8 +83,8 @@ def effective_ov_logits(
 
     Returns ``[n_layers, n_heads, n, m]`` (``m = len(columns)``, or ``d_vocab`` when
     ``columns`` is None); heads not listed in ``heads`` are NaN. Each layer's heads are
-    computed in one batched product, so GPT-2 medium's 384 heads on 300 tokens take
-    about a second. ``include_bias`` adds the value bias ``b_V``. ``unembed``
+    computed in one batched product (on the model's device; the result is on the CPU), so
+    GPT-2 medium's 384 heads on 300 tokens take about a second. ``include_bias`` adds the value bias ``b_V``. ``unembed``
     ``[d_model, m]`` replaces the unembedding columns (e.g. to append ``W_U.mean(1)``, the
     vocabulary-mean logit); give either ``columns`` or ``unembed``.
     """
@@ -92,16 +92,17 @@ def effective_ov_logits(
         raise ValueError("give columns or unembed, not both")
     if inputs.ndim != 2 or inputs.shape[1] != model.cfg.d_model:
         raise ValueError(f"inputs must be [n, d_model={model.cfg.d_model}], got {tuple(inputs.shape)}")
+    device = model.W_U.device
     if unembed is not None:
-        W_U = unembed
+        W_U = unembed.to(device)
     elif columns is not None:
-        W_U = model.W_U[:, torch.as_tensor(columns, dtype=torch.long)]
+        W_U = model.W_U[:, torch.as_tensor(columns, dtype=torch.long).to(device)]
     else:
         W_U = model.W_U
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     out = torch.full((n_layers, n_heads, inputs.shape[0], W_U.shape[1]), float("nan"))
     wanted = None if heads is None else {parse_head(h) for h in heads}
-    x = folded_layer_norm(inputs, model.cfg.eps)
+    x = folded_layer_norm(inputs.to(device=model.W_V.device, dtype=model.W_V.dtype), model.cfg.eps)
     for L in range(n_layers):
         hs = [h for h in range(n_heads) if wanted is None or (L, h) in wanted]
         if not hs:
