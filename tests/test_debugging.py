@@ -78,7 +78,12 @@ def test_table_sorts_filters_and_labels(dbg):
     assert (np.diff(n.est_total_effect.to_numpy()) >= 0).all()
     assert len(dbg.top_candidates(5)) == 5
     eff = dbg.token_effects()
-    assert list(eff.columns) == ["token", "embeddings", "attention heads", "MLP neurons"]
+    assert list(eff.columns) == ["token", "embeddings", "heads (destination)", "heads (source)",
+                                 "MLP neurons"]
+    heads_total = dbg.frame().query("kind == 'head'").est_total_effect.sum()
+    assert eff["heads (destination)"].sum() == pytest.approx(heads_total, abs=1e-5)
+    assert eff["heads (source)"].sum() == pytest.approx(heads_total, abs=1e-5)
+    assert not np.allclose(eff["heads (destination)"], eff["heads (source)"])
     assert "colored-tokens-multi" in dbg.token_effect_view().data.lower().replace("_", "-") or \
         "ColoredTokensMulti" in dbg.token_effect_view().data
 
@@ -258,16 +263,31 @@ def test_two_prompt_differences_are_antisymmetric(tiny_model, dbg):
 def test_latent_table_with_an_untrained_autoencoder(dbg):
     sae = ReluSAE.untrained(dbg.model.cfg.d_model, 128, hook_name="blocks.1.hook_resid_pre")
     table, fvu = latent_table(dbg, sae, 1, n=5)
-    assert len(table) <= 5 and np.isfinite(fvu)
-    assert (table.activation > 0).all()
+    assert len(table) <= 5 and np.isfinite(fvu) and fvu > 0
+    assert (table[table.kind == "latent"].activation > 0).all()
+    assert set(table.kind) <= {"latent", "sae_error"} and "sae_error" in set(table.kind)
 
 
 def test_top_activating_snippets(tiny_model):
     out = top_activating_snippets(tiny_model, case.sample_text(), ["N0.3@5", "N1.10"], k=2, chunk=32)
-    assert list(out.neuron.unique()) == ["N0.3", "N1.10"] and len(out) == 4
+    assert list(out.node.unique()) == ["N0.3", "N1.10"] and len(out) == 4
     assert out.snippet.str.contains("⟦").all()
-    first = out[out.neuron == "N0.3"].activation.to_numpy()
+    first = out[out.node == "N0.3"].activation.to_numpy()
     assert first[0] >= first[1]
+    # each chunk is BOS + 31 text tokens: the best activation is the one of that context
+    from helpers import capture, hook_name
+
+    ids = tiny_model.to_tokens(case.sample_text(), prepend_bos=False)[0]
+    chunks = [ids[i:i + 31] for i in range(0, len(ids), 31)]
+    best = max(float(capture(tiny_model, torch.cat([torch.tensor([tiny_model.tokenizer.bos_token_id]),
+                                                     c])[None], [hook_name("post", 0)])[1]
+                     [hook_name("post", 0)][0, 1:, 3].max()) for c in chunks)
+    assert first[0] == pytest.approx(best, abs=1e-5)
+    sae = ReluSAE.untrained(tiny_model.cfg.d_model, 16, hook_name="blocks.1.hook_resid_pre")
+    lat = top_activating_snippets(tiny_model, case.sample_text(), ["L1.3"], sae=sae, k=2, chunk=32)
+    assert list(lat.node) == ["L1.3", "L1.3"] and (lat.activation >= 0).all()
+    with pytest.raises(DebuggerInputError, match="no SAE"):
+        top_activating_snippets(tiny_model, "some text", ["L1.3"])
 
 
 # ------------------------------------------------------------------ bad input
@@ -467,3 +487,256 @@ def test_rank_correlation_check_names_known_mistakes():
     assert "Pearson" in check_rank_correlation(pearson).message
     argsort_once = check_rank_correlation(lambda x, y: pearson(x.argsort().float(), y.argsort().float()))
     assert "argsort().argsort()" in argsort_once.message
+
+
+# ----------------------------------------------------------------------------- issue 32
+
+
+def _z_replaced(model, tokens, layer, head, z_mean):
+    from helpers import hook_name
+
+    def fix(z, hook):
+        z = z.clone()
+        z[:, :, head] = z_mean.to(z)
+        return z
+
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name("z", layer), fix)])[0, -1]
+
+
+def test_mean_ablation_replaces_the_head_output_with_its_reference_mean(dbg):
+    from helpers import head_means
+
+    ref = dbg.model.to_tokens([PROMPT2, PROMPT.replace("Mary", "Alice")], prepend_bos=False)
+    z = head_means(dbg.model, ref)[0]  # [seq, L, H, dh]
+    logits = _z_replaced(dbg.model, dbg.tokens, 1, 2, z[:, 1, 2])
+    meaned = dbg.ablate("H1.2", how="mean", reference=ref)
+    assert meaned.logit_diff == pytest.approx(float(logits[dbg.target_id] - logits[dbg.distractor_id]),
+                                              abs=1e-5)
+    assert meaned.ablations == ["H1.2 -> mean"]
+    # the pattern mean is another ablation, kept under its own name
+    pattern = dbg.ablate("H1.2", how="pattern_mean", reference=ref)
+    assert pattern.logit_diff != pytest.approx(meaned.logit_diff, abs=1e-6)
+    same = dbg.ablate("H1.2", how="pattern_mean", reference=dbg.tokens.repeat(2, 1))
+    assert same.logit_diff == pytest.approx(dbg.logit_diff, abs=1e-5)
+    with pytest.raises(DebuggerInputError, match="whole head"):
+        dbg.ablate(f"H1.2 {dbg.n_tokens - 1}<-0", how="mean", reference=ref)
+    with pytest.raises(DebuggerInputError, match="zero"):
+        dbg.ablate("H1.2", how="mean", reference=ref).ablate("H1.2", how="bogus")
+
+
+def test_mean_ablation_estimate_is_exact_where_the_model_is_linear_in_z(tiny_model):
+    from helpers.debugger import ablation_effects
+
+    ref = tiny_model.to_tokens([PROMPT2, PROMPT.replace("John", "Alice")], prepend_bos=False)
+    with frozen(tiny_model, tiny_model.to_tokens(PROMPT, prepend_bos=False),
+                ["ln_final.hook_scale", "blocks.1.hook_mlp_out"]):
+        d = Debugger(tiny_model, PROMPT, " Mary", " John")
+        eff = ablation_effects(d, ["H1.0", "H1.3"], how="mean", reference=ref)
+    assert eff.actual.abs().min() > 1e-6
+    np.testing.assert_allclose(eff.estimated, eff.actual, rtol=1e-3, atol=1e-7)
+
+
+def test_value_ablation(dbg):
+    last = dbg.n_tokens - 1
+    node = f"N1.7@{last}"
+    act = float(dbg._run.acts["post"][1, last, 7])
+    assert dbg.ablate(node, how="value", value=act).logit_diff == pytest.approx(dbg.logit_diff, abs=1e-6)
+    assert dbg.ablate(node, how="value", value=0.0).logit_diff == pytest.approx(
+        dbg.ablate(node).logit_diff, abs=1e-6)
+    moved = dbg.ablate(node, how="value", value=act + 3.0)
+    assert moved.logit_diff != pytest.approx(dbg.logit_diff, abs=1e-4)
+    with pytest.raises(DebuggerInputError, match="value="):
+        dbg.ablate(node, how="value")
+
+
+def test_estimate_scores_on_known_cases():
+    from helpers.debugger import estimate_scores, top_by_actual
+    import pandas as pd
+
+    a = np.array([3.0, -2.0, 1.0, 0.5, -0.1])
+    eff = pd.DataFrame({"node": list("abcde"), "estimated": a, "actual": a, "group": "g"})
+    s = estimate_scores(eff).loc["g"]
+    assert s.rho == pytest.approx(1) and s.sign_agreement == 1 and s.r2 == pytest.approx(1)
+    neg = estimate_scores(eff.assign(estimated=-a)).loc["g"]
+    assert neg.rho == pytest.approx(-1) and neg.sign_agreement == 0 and neg.r2 < 0
+    # the estimate underrates node "e": it is ranked last by estimate but first by actual
+    under = eff.assign(actual=[0.1, 0.2, 0.3, 0.4, 9.0])
+    top = top_by_actual(under, "g", 1)
+    assert top.node[0] == "e" and top["rank by |estimate|"][0] == 5
+
+
+def test_estimate_study_groups(dbg):
+    from helpers.debugger import estimate_scores, estimate_study
+
+    ref = dbg.model.to_tokens(PROMPT2, prepend_bos=False)
+    study = estimate_study(dbg, 3, seed=1, reference=ref)
+    sizes = study.groupby("group").size()
+    n_heads = dbg.model.cfg.n_layers * dbg.model.cfg.n_heads
+    assert sizes["whole heads (zero)"] == n_heads == sizes["whole heads (mean)"]
+    assert sizes["last-token pairs"] == n_heads * dbg.n_tokens
+    assert sizes["random pairs"] == 3 == sizes["top neurons by estimate"]
+    again = estimate_study(dbg, 3, seed=1, pair_census=False)
+    assert list(again[again.group == "random neurons"].node) == list(study[study.group == "random neurons"].node)
+    scores = estimate_scores(study)
+    assert set(scores.columns) == {"n", "rho", "sign_agreement", "r2"}
+    # a whole head's zero ablation is the sum of its pairs' ablations to first order
+    frame = dbg.frame().query("kind == 'head' and layer == 1 and index == 2")
+    row = study[(study.group == "whole heads (zero)") & (study.node == "H1.2")]
+    assert float(row.estimated.iloc[0]) == pytest.approx(frame.est_total_effect.sum(), abs=1e-5)
+
+
+# ------------------------------------------------------------------ the SAE spliced in
+
+
+@pytest.fixture(scope="module")
+def sae_dbg(tiny_model):
+    sae = ReluSAE.untrained(tiny_model.cfg.d_model, 96, hook_name="blocks.1.hook_resid_pre", seed=3)
+    sae.b_enc[:] = -0.02  # some latents fire on the stand-in's small residuals
+    return Debugger(tiny_model, PROMPT, " Mary", " John", prepend_bos=True, sae=sae)
+
+
+def test_the_sae_splice_changes_nothing_and_latents_plus_error_add_up(tiny_model, sae_dbg):
+    plain = Debugger(tiny_model, PROMPT, " Mary", " John", prepend_bos=True)
+    assert sae_dbg.logit_diff == pytest.approx(plain.logit_diff, abs=1e-5)
+    assert sae_dbg.tokens[0, 0] == tiny_model.tokenizer.bos_token_id
+    run = sae_dbg._run
+    x, g = run.acts["resid_pre"][1].float(), run.grads["resid_pre"][1].float()
+    frame = sae_dbg.frame()
+    lat, err = frame[frame.kind == "latent"], frame[frame.kind == "sae_error"]
+    assert len(lat) > 0 and len(err) == sae_dbg.n_tokens
+    b_dec = float((g @ sae_dbg.sae.b_dec.float()).sum())
+    total = lat.est_total_effect.sum() + err.est_total_effect.sum() + b_dec
+    assert total == pytest.approx(float((x * g).sum()), rel=1e-4, abs=1e-6)
+    # the error node is x − x̂ at each token
+    recon = sae_dbg.sae.decode(sae_dbg.sae.encode(x))
+    np.testing.assert_allclose(err.write_norm, (x - recon).norm(dim=-1).numpy(), rtol=1e-4)
+    # direct effects without the latents (they decompose the residual) still add up
+    writes = frame[~frame.kind.isin(["latent", "sae_error"])]
+    assert writes.direct_effect.sum() == pytest.approx(sae_dbg.logit_diff, abs=1e-4)
+
+
+def test_latents_are_ablated_and_traced(tiny_model, sae_dbg):
+    from helpers import hook_name
+    from helpers.debugger import ablation_effects, latent_table
+
+    table, fvu = latent_table(sae_dbg, n=4)
+    assert np.isfinite(fvu) and table.node.str.match(r"^(L1\.\d+@\d+|err1@\d+)$").all()
+    node = sae_dbg.table(n=1, kind="latent", top_tokens=0).node[0]
+    parsed = sae_dbg.node(node)
+    sae = sae_dbg.sae
+
+    def zero_latent(x, hook):
+        f = sae.encode(x)
+        err = x - sae.decode(f)
+        f = f.clone()
+        f[:, parsed.dest, parsed.index] = 0.0
+        return sae.decode(f) + err
+
+    logits = tiny_model.run_with_hooks(sae_dbg.tokens, fwd_hooks=[(hook_name("resid_pre", 1), zero_latent)])[0, -1]
+    expected = float(logits[sae_dbg.target_id] - logits[sae_dbg.distractor_id])
+    assert sae_dbg.ablate(node).logit_diff == pytest.approx(expected, abs=1e-5)
+    eff = ablation_effects(sae_dbg, [node, "H0.1", "N0.4@3"], batch=2)
+    assert eff.actual[0] == pytest.approx(sae_dbg.logit_diff - expected, abs=1e-5)
+    np.testing.assert_allclose(eff.actual, [sae_dbg.logit_diff - sae_dbg.ablate(n).logit_diff
+                                            for n in eff.node], atol=1e-5)
+    traced = sae_dbg.trace(node, "input")
+    assert traced.value == pytest.approx(float(sae_dbg._run.acts["latent"][parsed.dest, parsed.index]),
+                                         abs=1e-6)
+    assert (traced.frame().query("kind in ['head', 'neuron']").layer < 1).all()
+    assert "latent" not in set(traced.frame().kind)
+    with pytest.raises(DebuggerInputError, match="no SAE"):
+        Debugger(tiny_model, PROMPT, " Mary", " John").ablate(node)
+    with pytest.raises(DebuggerInputError, match="latents at layer 0"):
+        sae_dbg.ablate("L0.3@2")
+
+
+def test_sae_needs_centred_writing_weights_when_its_config_says_so(tiny_model):
+    from types import SimpleNamespace
+
+    from helpers.debugger import check_sae_fits, writing_weights_offset
+
+    sae = ReluSAE.untrained(tiny_model.cfg.d_model, 8, hook_name="blocks.1.hook_resid_pre")
+    sae.centre_writing_weights = True
+    assert max(writing_weights_offset(tiny_model).values()) < 1e-3
+    check_sae_fits(tiny_model, sae)
+    g = torch.Generator().manual_seed(0)
+    d = tiny_model.cfg.d_model
+    shifted = SimpleNamespace(cfg=tiny_model.cfg, **{
+        name: getattr(tiny_model, name).detach() + (0.5 if name == "W_E" else 0.0)
+        for name in ("W_E", "W_pos", "W_O", "W_out", "b_O", "b_out")})
+    with pytest.raises(DebuggerInputError, match="center_writing_weights"):
+        check_sae_fits(shifted, sae)
+    sae.centre_writing_weights = False
+    check_sae_fits(shifted, sae)  # an SAE that does not ask for it is not checked
+    wide = ReluSAE.untrained(d + 1, 8, hook_name="blocks.1.hook_resid_pre")
+    with pytest.raises(DebuggerInputError, match="wide"):
+        check_sae_fits(tiny_model, wide)
+    del g
+
+
+def test_sae_config_metadata_is_read(tmp_path):
+    hook = "blocks.0.hook_resid_pre"
+    _write_sae_folder(tmp_path, hook, 8, 16, cfg={"model_from_pretrained_kwargs": {"center_writing_weights": True},
+                                                   "prepend_bos": True, "context_size": 128})
+    sae = ReluSAE.from_files(tmp_path / hook / "cfg.json", tmp_path / hook / "sae_weights.safetensors")
+    assert sae.centre_writing_weights and sae.prepend_bos and sae.context_size == 128
+    from helpers.sae import SparseAutoencoder
+
+    x = torch.randn(4, 8)
+    plain = SparseAutoencoder(sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, losses={})
+    torch.testing.assert_close(sae.encode(x), plain.encode(x))
+    torch.testing.assert_close(sae.decode(sae.encode(x)), plain.decode(plain.encode(x)))
+
+
+# ------------------------------------------------------------------ new trace targets and views
+
+
+def test_probability_and_score_difference_targets(dbg):
+    last = dbg.n_tokens - 1
+    pair = f"H1.2 {last}<-3"
+    prob = dbg.trace(pair, "qk", target="prob")
+    assert prob.value == pytest.approx(float(dbg._run.acts["pattern"][1, 2, last, 3]), abs=1e-6)
+    assert "after the softmax" in prob.target_description
+    score = dbg.trace(pair, "q").value
+    other = dbg.trace(f"H1.2 {last}<-5", "q").value
+    diff = dbg.trace(pair, "q", target="score_diff", versus=5)
+    assert diff.value == pytest.approx(score - other, abs=1e-5)
+    assert (diff.frame().layer < 1).all()
+    with pytest.raises(DebuggerInputError, match="versus"):
+        dbg.trace(pair, "q", target="score_diff")
+    with pytest.raises(DebuggerInputError, match="target must be"):
+        dbg.trace(pair, "q", target="logit")
+
+
+def test_probability_trace_finds_the_planted_query_writer():
+    model = planted_query_model()
+    d = Debugger(model, PROMPT, " Mary", " John")
+    dest = d.n_tokens - 1
+    top = d.trace(f"H1.0 {dest}<-1", "q", target="prob").table(n=2, top_tokens=0)
+    assert top.node[0] == f"H0.0 {dest}<-1"
+    top_diff = d.trace(f"H1.0 {dest}<-1", "q", target="score_diff", versus=0).table(n=1, top_tokens=0)
+    assert top_diff.node[0] == f"H0.0 {dest}<-1"
+
+
+def test_input_tokens_attention_view_and_two_different_prompts(tiny_model, dbg):
+    from helpers.debugger import input_tokens
+    from helpers.debugger.run import weights
+
+    last = dbg.n_tokens - 1
+    for node, through, site, pos in ((f"N1.7@{last}", "input", "resid_mid", last),
+                                     (f"H1.2 {last}<-3", "q", "resid_pre", last),
+                                     (f"H1.2 {last}<-3", "k", "resid_pre", 3)):
+        tab = input_tokens(dbg, node, through, k=4)
+        grad = dbg.trace(node, through)._run.grads[site][1, pos].float()
+        scores = weights(tiny_model)["W_E"].float() @ grad
+        assert tab["up score"].iloc[0] == pytest.approx(float(scores.max()), rel=1e-5)
+        assert tab["down score"].iloc[0] == pytest.approx(float(scores.min()), rel=1e-5)
+        assert (np.diff(tab["up score"]) <= 0).all()
+    with pytest.raises(DebuggerInputError, match="'q' or 'k'"):
+        input_tokens(dbg, f"H1.2 {last}<-3", "v")
+    view = dbg.attention_view(["H1.2", (0, 1)])
+    assert "1.2" in view.data and "0.1" in view.data
+    other = Debugger(tiny_model, PROMPT2, " Mary", " John")
+    side = compare(dbg, other, n=5)
+    assert list(side.columns[-3:]) == ["est_total_effect_left", "diff", "est_total_effect_right"]
+    assert side["left tokens"][0] != side["right tokens"][0] or side.kind[0] != "head"

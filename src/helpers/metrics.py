@@ -27,6 +27,7 @@ __all__ = [
     "PositionMetric",
     "metric_positions",
     "metric_scalar",
+    "rank_correlation",
 ]
 
 
@@ -169,3 +170,20 @@ def metric_scalar(value) -> float:
             )
         return float(value.detach().float().item())
     return float(value)
+
+
+def rank_correlation(x, y) -> float:
+    """Spearman's rank correlation (average ranks for ties), without scipy: the Pearson
+    correlation of the ranks; NaN when either sequence is constant."""
+    import numpy as np
+    import pandas as pd
+
+    x = pd.Series(np.asarray(x, dtype=float))
+    y = pd.Series(np.asarray(y, dtype=float))
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"rank_correlation needs two sequences of the same length >= 2, got "
+                         f"lengths {len(x)} and {len(y)}.")
+    rx, ry = x.rank().to_numpy(), y.rank().to_numpy()
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")

@@ -22,7 +22,7 @@ import contextlib
 
 import torch
 
-__all__ = ["SparseAutoencoder", "train_sae", "train_probe", "match_features"]
+__all__ = ["SparseAutoencoder", "train_sae", "train_probe", "match_features", "ReluSAE"]
 
 
 @contextlib.contextmanager
@@ -195,3 +195,101 @@ def match_features(acts: torch.Tensor, labels: torch.Tensor, n_classes: int) -> 
         out.append({"class": c, "feature": best, "coverage": float(recall[best]),
                     "precision": float(precision[best]), "f1": float(f1[best])})
     return out
+
+
+# =====================================================================================
+# Pretrained residual SAEs read from their files (the debugging chapter's ReluSAE).
+# Same encode/decode as SparseAutoencoder above; only loading and metadata are added.
+# =====================================================================================
+
+
+class ReluSAE(SparseAutoencoder):
+    """A trained ReLU SAE read from files: :class:`SparseAutoencoder`'s ``encode`` and
+    ``decode``, plus where it reads (``hook_name``) and how it was trained.
+
+    :meth:`from_files` reads a ``cfg.json`` and a ``sae_weights.safetensors`` (the layout of
+    Joseph Bloom's GPT-2 SAEs on the Hugging Face hub) without any SAE library;
+    :meth:`untrained` builds one with random weights of a given shape, for showing the
+    pipeline offline: its latents mean nothing. ``apply_b_dec_to_input=False`` drops the
+    ``− b_dec`` before encoding, for SAEs trained so. ``centre_writing_weights``: the model
+    it was trained on had centred writing weights (``model_from_pretrained_kwargs``);
+    ``prepend_bos`` and ``context_size``: its training contexts.
+    """
+
+    def __init__(self, W_enc, b_enc, W_dec, b_dec, *, hook_name: str, trained: bool,
+                 apply_b_dec_to_input: bool = True, centre_writing_weights: bool = False,
+                 prepend_bos: bool | None = None, context_size: int | None = None):
+        super().__init__(W_enc, b_enc, W_dec, b_dec, losses={})
+        self.hook_name = hook_name
+        self.trained = trained
+        self.apply_b_dec_to_input = apply_b_dec_to_input
+        self.centre_writing_weights = centre_writing_weights
+        self.prepend_bos = prepend_bos
+        self.context_size = context_size
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return super().encode(x if self.apply_b_dec_to_input else x + self.b_dec)
+
+    def to(self, device) -> "ReluSAE":
+        """A copy with every weight on ``device``."""
+        moved = [t.to(device) for t in (self.W_enc, self.b_enc, self.W_dec, self.b_dec)]
+        return ReluSAE(*moved, hook_name=self.hook_name, trained=self.trained,
+                       apply_b_dec_to_input=self.apply_b_dec_to_input,
+                       centre_writing_weights=self.centre_writing_weights,
+                       prepend_bos=self.prepend_bos, context_size=self.context_size)
+
+    @classmethod
+    def untrained(cls, d_in: int, d_sae: int, *, hook_name: str, seed: int = 0) -> "ReluSAE":
+        g = torch.Generator().manual_seed(seed)
+        W_dec = torch.randn(d_sae, d_in, generator=g)
+        W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True)
+        return cls(W_dec.T.clone(), torch.full((d_sae,), -0.5), W_dec, torch.zeros(d_in),
+                   hook_name=hook_name, trained=False)
+
+    @classmethod
+    def from_files(cls, cfg_path, weights_path, *, device="cpu") -> "ReluSAE":
+        """A trained SAE from its ``cfg.json`` and ``sae_weights.safetensors``.
+
+        Reads the config keys of either naming (``hook_name``/``hook_point``,
+        ``activation_fn_str``/``activation_fn``), at the top level or under ``metadata``, and
+        refuses, with a clear error, what this class cannot represent: a non-ReLU activation,
+        a non-standard architecture, input normalisation. A per-latent ``scaling_factor`` is
+        folded into ``W_dec``.
+        """
+        import json
+
+        from safetensors.torch import load_file
+
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        meta = {**cfg.get("metadata", {}), **cfg}
+        act = cfg.get("activation_fn_str", cfg.get("activation_fn", "relu"))
+        arch = cfg.get("architecture", "standard")
+        norm = cfg.get("normalize_activations", "none")
+        if act != "relu" or arch != "standard" or norm not in (None, False, "none"):
+            raise ValueError(
+                f"{cfg_path}: activation {act!r}, architecture {arch!r}, input normalisation "
+                f"{norm!r}; ReluSAE reads only plain ReLU SAEs without input normalisation.")
+        hook = meta.get("hook_name") or meta.get("hook_point")
+        if not hook:
+            raise ValueError(f"{cfg_path} names no hook (neither 'hook_name' nor 'hook_point').")
+        state = load_file(str(weights_path), device=str(device))
+        missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") if k not in state]
+        if missing:
+            raise ValueError(f"{weights_path} lacks {missing}; it has {sorted(state)}.")
+        W_enc, b_enc, W_dec, b_dec = (state[k].float() for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
+        d_in, d_sae = W_enc.shape
+        shapes_ok = (tuple(W_dec.shape) == (d_sae, d_in) and b_enc.shape == (d_sae,)
+                     and b_dec.shape == (d_in,))
+        if not shapes_ok or cfg.get("d_in", d_in) != d_in or cfg.get("d_sae", d_sae) != d_sae:
+            raise ValueError(
+                f"{weights_path}: shapes W_enc {tuple(W_enc.shape)}, W_dec {tuple(W_dec.shape)}, "
+                f"b_enc {tuple(b_enc.shape)}, b_dec {tuple(b_dec.shape)} do not fit together "
+                f"or the config's d_in={cfg.get('d_in')}, d_sae={cfg.get('d_sae')}.")
+        if "scaling_factor" in state:  # decode((f * s)) = f @ (s[:, None] * W_dec)
+            W_dec = W_dec * state["scaling_factor"].float()[:, None]
+        kwargs = meta.get("model_from_pretrained_kwargs") or {}
+        return cls(W_enc, b_enc, W_dec, b_dec, hook_name=hook, trained=True,
+                   apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+                   centre_writing_weights=bool(kwargs.get("center_writing_weights", False)),
+                   prepend_bos=meta.get("prepend_bos"), context_size=meta.get("context_size"))

@@ -176,7 +176,7 @@ def load_residual_sae(layer: int = SAE_LAYER, *, d_in: int | None = None, device
     Downloads ``blocks.<layer>.hook_resid_pre/cfg.json`` first and, if ``d_in`` is given and
     the config's input width differs, raises before fetching the weights (≈150 MB).
     """
-    from ..debugger import ReluSAE
+    from ..sae import ReluSAE
 
     hook = hook_name("resid_pre", layer)
     cfg_path = _hub_download(SAE_REPO, f"{hook}/cfg.json")
@@ -198,7 +198,7 @@ def residual_sae(model, layer: int = SAE_LAYER, *, d_sae: int = 24576, seed: int
     otherwise an **untrained** :class:`helpers.ReluSAE` of the same shape (its latents mean
     nothing; it shows the pipeline), with a description that says why.
     """
-    from ..debugger import ReluSAE
+    from ..sae import ReluSAE
 
     hook = hook_name("resid_pre", layer)
     if is_stand_in(model):
