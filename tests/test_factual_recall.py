@@ -61,17 +61,21 @@ def test_country_flip_differs_exactly_at_the_country():
     assert (flip.answers != ps.answers).all()
 
 
-def test_one_shot_and_city_flip():
+def test_one_shot_prompts_follow_the_authors_format():
     ps = fr.make_capital_prompts(30, shot=1, seed=1)
     for p, dc, city, c in zip(ps.prompts, ps.fields["demo_country"], ps.fields["demo_city"], ps.fields["country"]):
         assert p.startswith(f"The capital of {fr.CAPITALS[dc][0]} is {city}. ") and dc != c
         assert city == fr.CAPITALS[dc][1]
-    flip = fr.flip_city(ps, seed=2)
-    diff = flip.tokens != ps.tokens
-    assert (diff.sum(1) == 1).all()  # only the example's city changes
-    assert torch.equal(flip.answers, ps.answers)
-    with pytest.raises(ValueError, match="one-shot"):
-        fr.flip_city(fr.make_capital_prompts(5))
+
+
+def test_lead_ins_are_the_authors_fifteen():
+    # NC_TEMPLATES of trestad/Factual-Recall-Mechanism, easy_transformer/fact_dataset.py
+    assert len(fr.LEAD_INS) == len(set(fr.LEAD_INS)) == 15
+    assert fr.LEAD_INS[0] == "It's crucial to know that"
+    assert fr.LEAD_INS[9] == "As we all know," and fr.LEAD_INS[-1] == "To emphasize,"
+    ps = fr.make_capital_prompts()
+    assert {t for t in ps.fields["template"]} == set(range(15))
+    assert any(p.startswith("In case you didn't know, the capital of") for p in ps.prompts)
 
 
 def test_rome_facts_ship_with_source_and_licence_and_single_token_answers():
@@ -110,18 +114,6 @@ def test_one_shot_facts_prefix_a_fact_of_the_same_relation():
     lone = pool.subset([0])
     with pytest.raises(ValueError, match="no other fact of relation"):
         fr.one_shot_facts(lone, lone)
-
-
-def test_claim_range_holds_exactly_inside_the_interval():
-    from helpers import Scorecard
-
-    ref, tol = fr.claim_range(2, 8, "test")
-    card = Scorecard("t", stand_in=False)
-    for v in (1, 2, 5, 8, 9):
-        card.add(str(v), ref, v, tolerance=tol)
-    assert [v.startswith("✓") for v in card.verdicts()] == [False, True, True, True, False]
-    with pytest.raises(ValueError, match="empty"):
-        fr.claim_range(3, 1, "test")
 
 
 def test_bad_facts_give_clear_errors():
@@ -211,8 +203,9 @@ def test_knocking_out_the_planted_edge_removes_the_answer(task):
     to_other[:, 3] = True
     res = attention_knockout(task.model, task.clean[:n], task.answer[:n], to_name,
                              lengths=task.lengths[:n], window=1, batch_tokens=20)
-    assert (res.clean > 0.99).all()
-    assert (res.knocked[:, 2] < 0.1).all()  # layer 2 holds the planted head
+    sure = res.clean > 0.9  # the planted model (non-zero biases) is sure on most prompts
+    assert sure.sum() >= 2
+    assert (res.knocked[sure, 2] < 0.25).all()  # layer 2 holds the planted head
     other = attention_knockout(task.model, task.clean[:n], task.answer[:n], to_other,
                                lengths=task.lengths[:n], window=1)
     assert (other.relative_change[:, 2].abs() < 0.05).all()
@@ -274,36 +267,3 @@ def test_scale_hooks(task):
     assert not torch.allclose(zero, base, atol=1e-3)
     with pytest.raises(ValueError, match="no such head"):
         scale_hooks(m, {"7.0": 0.5})
-
-
-# ---------------------------------------------------------------- exercise checks
-
-
-def test_exercise_checks_pass_the_reference_and_name_known_mistakes():
-    from helpers.exercises.factual_recall import (
-        check_gain_fit,
-        check_noise_scale,
-        reference_gain_fit,
-        reference_noise_scale,
-    )
-
-    assert check_noise_scale(reference_noise_scale).passed
-    assert "factor 3" in check_noise_scale(lambda W, t, m: W[t[m]].std()).message
-    assert "whole vocabulary" in check_noise_scale(lambda W, t, m: 3 * W.std()).message
-
-    def todo(*args):
-        raise NotImplementedError
-
-    assert check_noise_scale(todo).status == "todo"
-    assert check_gain_fit(reference_gain_fit).passed
-
-    def solved(X, y):
-        Xc, yc = X - X.mean(0), y - y.mean(0)
-        return torch.linalg.solve(torch.einsum("njd,nkd->jk", Xc, Xc), torch.einsum("njd,nd->j", Xc, yc))
-
-    assert check_gain_fit(solved).passed
-
-    def uncentred(X, y):
-        return torch.linalg.solve(torch.einsum("njd,nkd->jk", X, X), torch.einsum("njd,nd->j", X, y))
-
-    assert "intercept" in check_gain_fit(uncentred).message

@@ -43,9 +43,14 @@ __all__ = [
     "subject_mask",
     "causal_trace",
     "trace_by_role",
+    "role_values",
     "KnockoutResult",
     "attention_knockout",
     "logit_lens",
+    "rome_noise_scale",
+    "direct_effects",
+    "neuron_direct_effects",
+    "gain_by_scaling",
     "GainFit",
     "fit_head_gains",
     "head_outputs",
@@ -167,6 +172,7 @@ def causal_trace(
     noise: float | None = None,
     seed: int = 0,
     batch_tokens: int = 4096,
+    method: str = "fast",
     progress: bool = False,
 ) -> TraceResult:
     """ROME's causal tracing of the answer probability at each prompt's last token.
@@ -179,15 +185,28 @@ def causal_trace(
 
     * ``kind="resid"``: the hidden state after block ``l`` (``resid_post``; ``window`` 1);
     * ``kind="mlp"`` / ``"attn"``: the MLP / attention outputs at ``p`` in the ``window``
-      layers around ``l`` (:func:`layer_window`; default 10, ROME's).
+      layers around ``l`` (:func:`layer_window`, centred on ``l`` as in ROME's code).
+      ``window`` is required for these kinds: ROME's 10 was for GPT-2 XL's 48 layers.
 
     Positions before the subject are never noised, so restoring them is a no-op: their
     score is set to the corrupted probability without running them. ``tokens``:
     ``[n, L]`` right-padded (``lengths`` gives each prompt's real length; default ``L``);
-    ``answers``: ``[n]`` token ids. Rows are batched ``batch_tokens`` tokens at a time.
+    ``answers``: ``[n]`` token ids.
+
+    ``method="fast"`` (default) runs each prompt once clean and once noised (all draws in
+    one batch), then runs every restoration only from the first layer its window touches,
+    and only at positions from the restored one on: the noised run's residual stream at
+    that layer is the input, and earlier positions' keys and values come from the noised
+    run (the bridge's key-value cache path). Restorations that start at the same layer run
+    stacked, ``batch_tokens`` tokens per pass. ``method="plain"`` runs every restoration
+    as a full forward pass (the reference; ``scripts/bench_tracing.py`` compares them).
+    Both give the same numbers (tested to 1e-4). If a self-check of the cached path fails
+    on this model, the fast method falls back to the plain one for that prompt set.
     """
     if kind not in TRACE_KINDS:
         raise ValueError(f"kind must be one of {TRACE_KINDS}, got {kind!r}")
+    if method not in ("fast", "plain"):
+        raise ValueError(f"method must be 'fast' or 'plain', got {method!r}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
     tokens = as_tokens(tokens)
@@ -205,7 +224,16 @@ def causal_trace(
             f"prompt {i}: subject span {int(first[i])}..{int(last[i])} must lie before its last "
             f"token ({int(lengths[i]) - 1})"
         )
-    window = (1 if kind == "resid" else 10) if window is None else int(window)
+    if window is None:
+        if kind != "resid":
+            raise ValueError(
+                f"kind={kind!r} needs a window (layers restored together): ROME used 10 of "
+                f"GPT-2 XL's 48 layers; scale it to the model (2-3 of GPT-2 small's 12), or 1"
+            )
+        window = 1
+    window = int(window)
+    if window < 1 or window > model.cfg.n_layers:
+        raise ValueError(f"window must be 1..{model.cfg.n_layers} layers, got {window}")
     mask = subject_mask(first, last, seq)
     if noise is None:
         noise = noise_scale(model, tokens, mask)
@@ -217,56 +245,188 @@ def causal_trace(
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc=f"causal tracing ({kind})")
+        iterator = tqdm(iterator, desc=f"causal tracing ({kind}, window {window})")
+    checked = method == "plain"
     for i in iterator:
         Li, f, s_last, a = int(lengths[i]), int(first[i]), int(last[i]), int(answers[i])
         toks = tokens[i : i + 1, :Li].to(dev)
         logits, acts = capture(model, toks, names)
         clean_p[i] = logits[0, -1].float().softmax(-1)[a].cpu()
         g = torch.Generator().manual_seed(seed * 100_003 + i)
-        draws = noise * torch.randn(n_samples, s_last - f + 1, d_model, generator=g)
-        draws = draws.to(dev)
-
-        def add_noise(emb, hook, _draws=draws, _f=f, _l=s_last):
-            emb = emb.clone()
-            rows = emb.shape[0]
-            idx = torch.arange(rows, device=emb.device) % _draws.shape[0]
-            emb[:, _f : _l + 1] = emb[:, _f : _l + 1] + _draws[idx].to(emb.dtype)
-            return emb
-
-        noised = toks.expand(n_samples, Li)
-        base = logits_at_positions(model, noised, None, fwd_hooks=[(hook_name("embed"), add_noise)])
-        corrupt_p[i] = base.float().softmax(-1)[:, a].mean().cpu()
-        scores[i, :, :f] = corrupt_p[i]
+        draws = (noise * torch.randn(n_samples, s_last - f + 1, d_model, generator=g)).to(dev)
+        add_noise = _noise_hook(draws, f, s_last)
         configs = [(L, p) for L in range(n_layers) for p in range(f, Li)]
-        per_pass = max(1, batch_tokens // (Li * n_samples))
-        out = []
-        for start in range(0, len(configs), per_pass):
-            chunk = configs[start : start + per_pass]
-            rows = [c for c in chunk for _ in range(n_samples)]  # row r uses draw r % n_samples
-            hooks = [(hook_name("embed"), add_noise)]
-            hooks += _restore_hooks(kind, window, n_layers, rows, acts)
-            lg = logits_at_positions(model, toks.expand(len(rows), Li), None, fwd_hooks=hooks)
-            p = lg.float().softmax(-1)[:, a].reshape(len(chunk), n_samples).mean(-1)
-            out.append(p.cpu())
-        out = torch.cat(out).reshape(n_layers, Li - f)
-        scores[i, :, f:Li] = out
+        if not checked:
+            checked = True
+            if not _fast_path_ok(model, toks, add_noise, n_samples):
+                import warnings
+
+                warnings.warn("causal_trace: the cached fast path does not reproduce this "
+                              "model's forward pass; using method='plain'", stacklevel=2)
+                method = "plain"
+        if method == "plain":
+            noised = toks.expand(n_samples, Li)
+            base = logits_at_positions(model, noised, None, fwd_hooks=[(hook_name("embed"), add_noise)])
+            corrupt_p[i] = base.float().softmax(-1)[:, a].mean().cpu()
+            out = _trace_plain(model, toks, a, configs, n_samples, kind, window, acts,
+                               add_noise, batch_tokens)
+        else:
+            corrupt_p[i], out = _trace_fast(model, toks, a, configs, n_samples, kind, window,
+                                            acts, add_noise, batch_tokens)
+        scores[i, :, :f] = corrupt_p[i]
+        scores[i, :, f:Li] = out.reshape(n_layers, Li - f)
     return TraceResult(kind, window, n_samples, float(noise), scores, clean_p, corrupt_p, first, last, lengths)
 
 
-def trace_by_role(result: TraceResult, *, effect: bool = True) -> torch.Tensor:
-    """``[len(ROLES), n_layers]``: the trace averaged over prompts by token role.
+def _noise_hook(draws: torch.Tensor, f: int, s_last: int):
+    """Embedding hook adding ``draws[r % n_samples]`` to the subject tokens of row ``r``."""
 
-    Roles (:data:`ROLES`) as in ROME's averaged figures: first, middle and last subject
-    tokens, the first token after the subject, further tokens, the last token. A role a
-    prompt does not have (a one-token subject has no first/middle split: its one token is
-    the *last* subject token; middle tokens are averaged first within each prompt) is left
-    out of that role's mean. ``effect``: indirect effect (default) or raw probability.
-    """
+    def add_noise(emb, hook):
+        emb = emb.clone()
+        idx = torch.arange(emb.shape[0], device=emb.device) % draws.shape[0]
+        emb[:, f : s_last + 1] = emb[:, f : s_last + 1] + draws.to(emb.device)[idx].to(emb.dtype)
+        return emb
+
+    return add_noise
+
+
+def _trace_plain(model, toks, a, configs, n_samples, kind, window, acts, add_noise, batch_tokens):
+    """Every restoration as a full forward pass of the noised prompt (the reference)."""
+    n_layers, Li = model.cfg.n_layers, toks.shape[1]
+    per_pass = max(1, batch_tokens // (Li * n_samples))
+    out = []
+    for start in range(0, len(configs), per_pass):
+        chunk = configs[start : start + per_pass]
+        rows = [c for c in chunk for _ in range(n_samples)]  # row r uses draw r % n_samples
+        hooks = [(hook_name("embed"), add_noise)]
+        hooks += _restore_hooks(kind, window, n_layers, rows, acts)
+        lg = logits_at_positions(model, toks.expand(len(rows), Li), None, fwd_hooks=hooks)
+        p = lg.float().softmax(-1)[:, a].reshape(len(chunk), n_samples).mean(-1)
+        out.append(p.cpu())
+    return torch.cat(out)
+
+
+def _noised_states(model, toks, add_noise, n_samples):
+    """The noised run (every draw a row): ``resid_pre`` of every layer, every layer's keys
+    and values (``[S, heads, pos, d_head]``) and the final residual."""
+    from ._sweeps import FINAL
+
+    n_layers = model.cfg.n_layers
+    names = [hook_name("resid_pre", L) for L in range(n_layers)]
+    names += [hook_name(k, L) for L in range(n_layers) for k in ("k", "v")]
+    noised = toks.expand(n_samples, toks.shape[1])
+    hooks = [(hook_name("embed"), add_noise)]
+    store: dict[str, torch.Tensor] = {}
+
+    def saver(name):
+        def save(t, hook):
+            store[name] = t.detach()
+
+        return save
+
+    model.run_with_hooks(noised, fwd_hooks=hooks + [(nm, saver(nm)) for nm in [*names, FINAL]])
+    resid = [store[hook_name("resid_pre", L)] for L in range(n_layers)] + [store[FINAL]]
+    kv = {L: (store[hook_name("k", L)].transpose(1, 2), store[hook_name("v", L)].transpose(1, 2))
+          for L in range(n_layers)}
+    return resid, kv
+
+
+def _run_blocks(model, x, start, fwd_hooks, cache=None):
+    """The residual after the last block, running the bridge's blocks ``start …`` on ``x``
+    (the residual entering ``start``); ``cache``: keys and values of earlier positions."""
+    with model.hooks(fwd_hooks=list(fwd_hooks)):
+        for block in model.blocks[start:]:
+            y = block(x) if cache is None else block(x, past_key_values=cache)
+            x = y[0] if isinstance(y, tuple) else y
+    return x
+
+
+def _fast_path_ok(model, toks, add_noise, n_samples) -> bool:
+    """Does running the last two blocks from the noised residual, the first half of the
+    positions read from the key-value cache, reproduce the noised run's final residual?"""
+    from ._sweeps import _kv_cache
+
+    resid, kv = _noised_states(model, toks, add_noise, n_samples)
+    n_layers, Li = model.cfg.n_layers, toks.shape[1]
+    start = max(0, n_layers - 2)
+    s = Li // 2
+    want = resid[n_layers][:, s:]
+    try:
+        cache = _kv_cache(kv, start, 1, s) if s > 0 else None
+        got = _run_blocks(model, resid[start][:, s:], start, [], cache)
+    except Exception:  # noqa: BLE001 - any failure means: do not use the cached path
+        return False
+    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max())))
+
+
+def _trace_fast(model, toks, a, configs, n_samples, kind, window, acts, add_noise, batch_tokens):
+    """``(p(answer) noised, [len(configs)] restored)``: restorations run from the first
+    layer and position they change (see :func:`causal_trace`)."""
+    from ._sweeps import _kv_cache
+
+    n_layers, Li, S = model.cfg.n_layers, toks.shape[1], n_samples
+    resid, kv = _noised_states(model, toks, add_noise, S)
+
+    def prob(final_rows):
+        lg = model.unembed(model.ln_final(final_rows[:, None]))[:, 0].float()
+        return lg.softmax(-1)[:, a]
+
+    corrupted = prob(resid[n_layers][:, -1]).mean().cpu()
+    name = _TRACE_HOOK[kind]
+    by_start: dict[int, list[int]] = {}
+    for j, (L, _) in enumerate(configs):
+        by_start.setdefault(layer_window(L, window, n_layers)[0], []).append(j)
+    values = torch.zeros(len(configs))
+    for lo, idx in sorted(by_start.items()):
+        idx = sorted(idx, key=lambda j: configs[j][1])  # by position: a chunk starts at its first
+        chunks, cur = [], []
+        for j in idx:
+            s = configs[cur[0]][1] if cur else configs[j][1]
+            if cur and (len(cur) + 1) * S * (Li - s) > batch_tokens:
+                chunks.append(cur)
+                cur = []
+            cur.append(j)
+        chunks.append(cur)
+        for chunk in chunks:
+            s = configs[chunk[0]][1]
+            k = len(chunk)
+            x = resid[lo][:, s:].repeat(k, 1, 1)
+            cache = _kv_cache(kv, lo, k, s) if s > 0 else None
+            hooks = []
+            for L in range(lo, n_layers):
+                rows, poss = [], []
+                for c_i, c in enumerate(chunk):
+                    layer, p = configs[c]
+                    if L in layer_window(layer, window, n_layers):
+                        rows += range(c_i * S, (c_i + 1) * S)
+                        poss += [p] * S
+                if not rows:
+                    continue
+                r_t = torch.tensor(rows, device=x.device)
+                p_t = torch.tensor(poss, device=x.device)
+                clean = acts[hook_name(name, L)][0, p_t].to(x.dtype)
+
+                def restore(t, hook, _r=r_t, _p=p_t - s, _c=clean):
+                    t = t.clone()
+                    t[_r, _p] = _c
+                    return t
+
+                hooks.append((hook_name(name, L), restore))
+            final = _run_blocks(model, x, lo, hooks, cache)
+            values[torch.tensor(chunk)] = prob(final[:, -1]).reshape(k, S).mean(-1).cpu()
+    return corrupted, values
+
+
+def role_values(result: TraceResult, *, effect: bool = True) -> torch.Tensor:
+    """``[n, len(ROLES), n_layers]``: each prompt's trace by token role (NaN where the prompt
+    has no such role). Roles (:data:`ROLES`) as in ROME's averaged figures: first, middle and
+    last subject tokens, the first token after the subject, further tokens, the last token.
+    A one-token subject has no first/middle split: its one token is the *last* subject
+    token; several middle or further tokens are averaged within the prompt. ``effect``:
+    indirect effect (default) or raw probability."""
     values = result.indirect_effect if effect else result.scores
     n, n_layers, _ = values.shape
-    sums = torch.zeros(len(ROLES), n_layers)
-    counts = torch.zeros(len(ROLES), 1)
+    out = torch.full((n, len(ROLES), n_layers), math.nan)
     for i in range(n):
         f, s_last, end = int(result.subject_first[i]), int(result.subject_last[i]), int(result.lengths[i]) - 1
         groups = {
@@ -279,9 +439,14 @@ def trace_by_role(result: TraceResult, *, effect: bool = True) -> torch.Tensor:
         }
         for role, pos in groups.items():
             if pos:
-                sums[role] += values[i][:, pos].mean(-1)
-                counts[role] += 1
-    return sums / counts.clamp(min=1) + torch.where(counts > 0, 0.0, math.nan)
+                out[i, role] = values[i][:, pos].mean(-1)
+    return out
+
+
+def trace_by_role(result: TraceResult, *, effect: bool = True) -> torch.Tensor:
+    """``[len(ROLES), n_layers]``: the trace averaged over prompts by token role
+    (:func:`role_values`; a role a prompt does not have is left out of that role's mean)."""
+    return role_values(result, effect=effect).nanmean(0)
 
 
 @dataclass
@@ -369,29 +534,154 @@ def attention_knockout(
 
 
 @torch.no_grad()
-def logit_lens(model, tokens, answers, positions=None) -> tuple[torch.Tensor, torch.Tensor]:
+def logit_lens(model, tokens, answers, positions=None, *, site: str = "resid_pre") -> tuple[torch.Tensor, torch.Tensor]:
     """``(prob, rank)``, each ``[n_layers + 1, n]``: the answer decoded from the residual.
 
-    Row ``l < n_layers`` decodes the residual stream entering block ``l`` (``resid_pre``);
-    the last row is the final residual (the model's own output). Decoding applies the final
+    Row ``l < n_layers`` decodes the residual stream at ``site`` of layer ``l``:
+    ``"resid_pre"`` (default) is the stream *entering* block ``l`` (before its attention),
+    ``"resid_mid"`` the stream after block ``l``'s attention and *before its MLP*. The last
+    row is the final residual (the model's own output). Decoding applies the final
     LayerNorm and the unembedding. ``rank`` 0 means the answer is the top token.
     """
+    if site not in ("resid_pre", "resid_mid"):
+        raise ValueError(f"site must be 'resid_pre' or 'resid_mid', got {site!r}")
     tokens = as_tokens(tokens)
     n, seq = tokens.shape
     answers = torch.as_tensor(answers).reshape(-1).long()
     pos = torch.full((n,), seq - 1) if positions is None else torch.as_tensor(positions).reshape(-1)
     n_layers = model.cfg.n_layers
-    names = [hook_name("resid_pre", L) for L in range(n_layers)] + [hook_name("final_resid")]
+    names = [hook_name(site, L) for L in range(n_layers)] + [hook_name("final_resid")]
     _, acts = capture(model, tokens.to(model.cfg.device), names)
     rows = torch.arange(n)
     probs, ranks = [], []
     for name in names:
         resid = acts[name][rows.to(acts[name].device), pos.to(acts[name].device)]
         logits = model.unembed(model.ln_final(resid[:, None]))[:, 0].float()
-        ans = logits[rows, answers.to(logits.device)]
-        probs.append(logits.softmax(-1)[rows, answers.to(logits.device)].cpu())
+        ans = logits[rows.to(logits.device), answers.to(logits.device)]
+        probs.append(logits.softmax(-1)[rows.to(logits.device), answers.to(logits.device)].cpu())
         ranks.append((logits > ans[:, None]).sum(-1).cpu())
     return torch.stack(probs), torch.stack(ranks)
+
+
+def rome_noise_scale(model, subjects: Sequence[str], tokenizer=None, factor: float = 3.0) -> float:
+    """ROME's noise level: ``factor`` × the std of the token embeddings of every subject.
+
+    As ROME's ``collect_embedding_std`` does, each subject string is tokenised on its own
+    (no leading space, no BOS) and the std is taken over every coordinate of every token
+    embedding ``W_E[token]`` of every subject (ROME passes all 1,209 known subjects).
+    """
+    if not subjects:
+        raise ValueError("rome_noise_scale needs at least one subject")
+    tok = tokenizer if tokenizer is not None else model.tokenizer
+    ids = [i for s in subjects for i in tok.encode(str(s))]
+    if not ids:
+        raise ValueError("the subjects tokenise to nothing")
+    emb = model.W_E[torch.tensor(ids, device=model.W_E.device)]
+    return float(factor * emb.float().std())
+
+
+def _answer_directions(model, answers: torch.Tensor) -> torch.Tensor:
+    """``[n, d_model]``: ``W_U[:, answer] − mean over the vocabulary of W_U`` (so a direct
+    effect along it is the change of the answer's logit minus the mean logit)."""
+    W_U = model.W_U
+    return (W_U[:, answers.to(W_U.device)] - W_U.mean(-1, keepdim=True)).T
+
+
+@torch.no_grad()
+def direct_effects(model, tokens, positions, answers, components: Sequence[str]):
+    """``[n, k]``: each component's direct effect on the answer's logit minus the mean logit.
+
+    ``components``: heads ``"L.H"`` (output ``z W_O``, bias excluded) and MLPs
+    ``"MLP L"``; each output at ``positions[i]`` goes through the final LayerNorm with its
+    scale frozen at the run's (centred, divided by the scale) and onto
+    ``W_U[:, answer] − mean(W_U)``. ``answers``: ``[n]`` token ids (e.g. the correct
+    answer, or the top wrong token for a specificity test).
+    """
+    tokens = as_tokens(tokens)
+    n = tokens.shape[0]
+    pos = torch.as_tensor(positions).reshape(-1).long()
+    answers = torch.as_tensor(answers).reshape(-1).long()
+    if pos.numel() != n or answers.numel() != n:
+        raise ValueError(f"positions and answers need one entry per prompt ({n})")
+    parsed = []
+    for c in components:
+        c = str(c).strip()
+        if c.upper().startswith("MLP"):
+            L = int(c[3:].strip())
+            if not 0 <= L < model.cfg.n_layers:
+                raise ValueError(f"{c!r}: no MLP {L} in a {model.cfg.n_layers}-layer model")
+            parsed.append(("mlp", L, None))
+        else:
+            L, h = parse_head(c)
+            if not (0 <= L < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
+                raise ValueError(f"{c!r}: no such head in this model")
+            parsed.append(("head", L, h))
+    names = {hook_name("z" if k == "head" else "mlp_out", L) for k, L, _ in parsed}
+    names = sorted(names) + [hook_name("final_scale")]
+    _, acts = capture(model, tokens, names)
+    dev = acts[names[-1]].device
+    rows, p = torch.arange(n, device=dev), pos.to(dev)
+    scale = acts[hook_name("final_scale")][rows, p]  # [n, 1]
+    direction = _answer_directions(model, answers).to(dev)
+    out = []
+    for kind, L, h in parsed:
+        if kind == "head":
+            v = acts[hook_name("z", L)][rows, p, h] @ model.W_O[L, h]
+        else:
+            v = acts[hook_name("mlp_out", L)][rows, p]
+        v = (v - v.mean(-1, keepdim=True)) / scale
+        out.append((v * direction).sum(-1))
+    return torch.stack(out, 1).float().cpu()
+
+
+@torch.no_grad()
+def neuron_direct_effects(model, tokens, positions, answers, layer: int):
+    """``[n, d_mlp]``: each neuron of MLP ``layer``: its activation × ``W_out`` row, through
+    the frozen final LayerNorm onto ``W_U[:, answer] − mean(W_U)`` (as :func:`direct_effects`).
+    The neurons' effects plus ``b_out``'s sum to the MLP's direct effect."""
+    tokens = as_tokens(tokens)
+    n = tokens.shape[0]
+    if not 0 <= int(layer) < model.cfg.n_layers:
+        raise ValueError(f"no MLP {layer} in a {model.cfg.n_layers}-layer model")
+    pos = torch.as_tensor(positions).reshape(-1).long()
+    answers = torch.as_tensor(answers).reshape(-1).long()
+    if pos.numel() != n or answers.numel() != n:
+        raise ValueError(f"positions and answers need one entry per prompt ({n})")
+    post, scale_name = hook_name("post", layer), hook_name("final_scale")
+    _, acts = capture(model, tokens, [post, scale_name])
+    dev = acts[post].device
+    rows, p = torch.arange(n, device=dev), pos.to(dev)
+    W_out = model.W_out[layer]  # [d_mlp, d_model]
+    d = _answer_directions(model, answers).to(dev)  # [n, d_model]
+    W_c = W_out - W_out.mean(-1, keepdim=True)  # the final LayerNorm centres
+    per = acts[post][rows, p] * (d @ W_c.T)  # [n, d_mlp]
+    return (per / acts[scale_name][rows, p]).float().cpu()
+
+
+@torch.no_grad()
+def gain_by_scaling(model, tokens, positions, head: str, target: str, factor: float = 0.0):
+    """``[n]``: the causal gain of ``target`` (a hook name, e.g. an MLP's output) on ``head``.
+
+    Runs the prompts clean and with ``head``'s output scaled by ``factor`` (its ``hook_z``),
+    and measures how much of the head's change the target's output follows, along the
+    head's own output direction: ``g_i = <t_i(1) − t_i(factor), o_i> / ((1 − factor) ·
+    |o_i|²)`` with ``o_i`` the head's clean output at ``positions[i]``. ``g = 0``: the
+    target ignores the head (the head passes through to the residual with weight 1);
+    ``g > 0``: it amplifies it (net weight ``1 + g``); ``g ≈ −1``: it erases it.
+    """
+    if factor == 1:
+        raise ValueError("factor must differ from 1 (scaling by 1 changes nothing)")
+    tokens = as_tokens(tokens)
+    n = tokens.shape[0]
+    pos = torch.as_tensor(positions).reshape(-1).long()
+    o, clean = head_outputs(model, tokens, pos, [head], extra=[target])
+    _, acts = capture(model, tokens, [target], fwd_hooks=scale_hooks(model, {head: factor}))
+    dev = o.device
+    rows = torch.arange(n, device=acts[target].device)
+    scaled = acts[target][rows, pos.to(rows.device)].to(dev)
+    o = o[:, 0]
+    change = (clean[target].to(dev) - scaled) * o
+    return (change.sum(-1) / ((1 - factor) * (o * o).sum(-1))).float().cpu()
 
 
 @dataclass
@@ -418,8 +708,8 @@ def fit_head_gains(vectors: torch.Tensor, target: torch.Tensor, labels: Sequence
     centring each dimension over prompts. A gain above 1 means the target repeats and
     amplifies that vector; about 0, ignores it; negative, writes against it (erases).
     """
-    X = torch.as_tensor(vectors).double()
-    y = torch.as_tensor(target).double()
+    X = torch.as_tensor(vectors).float()  # float32: float64 does not exist on MPS
+    y = torch.as_tensor(target).float()
     if X.ndim != 3 or y.ndim != 2 or X.shape[0] != y.shape[0] or X.shape[2] != y.shape[1]:
         raise ValueError(f"vectors must be [n, k, d] and target [n, d]; got {tuple(X.shape)} and {tuple(y.shape)}")
     n, k, _ = X.shape

@@ -5,13 +5,11 @@ Two prompt sets, both :class:`~helpers.prompts.PromptSet`s read at the last toke
 * **The capital task** of Lv et al.'s code (``fact_dataset.py``): 15 country → capital
   pairs and 15 zero-shot lead-in templates ("… the capital of [N] is"), so **at most 225
   distinct prompts**; the answer is the capital (one GPT-2 token with a leading space). The
-  one-shot variant prepends "The capital of [X] is [Y]. " for another country X. Country
-  flips (another query country) and city flips (a wrong capital in the one-shot example)
-  give aligned corrupted prompts. Named positions: ``SUBJ_FIRST`` = ``SUBJ_LAST`` =
-  ``COUNTRY``, ``CAPITAL`` (the word "capital" of the query), ``OF``, ``END`` ("is").
-  Of the 15 lead-ins, three are the ones the fact sheet quotes from the paper's code ("As
-  we all know", "According to the textbook", "Keep in mind"); the other twelve are the
-  book's own, since the code's full list could not be read.
+  one-shot variant prepends "The capital of [X] is [Y]. " for another country X (the
+  authors' ``add_a_shot``). Country flips (another query country) give aligned corrupted
+  prompts. Named positions: ``SUBJ_FIRST`` = ``SUBJ_LAST`` = ``COUNTRY``, ``CAPITAL``
+  (the word "capital" of the query), ``OF``, ``END`` ("is"). The 15 lead-ins are the
+  authors' own (``NC_TEMPLATES`` of their ``fact_dataset.py``).
 * **ROME's known facts** (Meng et al. 2022, ``known_1000.json``, 1,209 facts, shipped as
   package data with its MIT licence): those whose answer is one GPT-2 token with a leading
   space; named positions ``SUBJ_FIRST``, ``SUBJ_LAST`` (the subject's token span, found
@@ -20,9 +18,11 @@ Two prompt sets, both :class:`~helpers.prompts.PromptSet`s read at the last toke
   subset on the stand-in. :func:`one_shot_facts` prefixes each fact with another fact of
   the same relation, answered (the book's one-shot variant).
 
-Claims of the papers that have a measurable form are in :data:`CLAIMS` (and
-:func:`claim_range` for "lies in this layer range"); parameter choices are shown beside the
-papers' by :func:`setup_table`, never scored.
+Claims of the papers that have a measurable form are in :data:`CLAIMS`, graded by
+:func:`scorecard`; parameter choices are shown beside the papers' by :func:`setup_table`,
+never scored. The chapter's analyses: :func:`anti_overconfidence` (held out, with controls),
+:func:`mlp_direct_effects` and :func:`capital_map` (function application with its echo
+controls), :func:`decode_intercept` (the gain fit's task-aware part).
 
 Metrics (:func:`lv_metrics`), all at END: top-1 accuracy, the answer's logit minus the mean
 logit over the vocabulary, its probability, and the answer's logit minus the subject
@@ -50,7 +50,6 @@ __all__ = [
     "MAX_CAPITAL_PROMPTS",
     "make_capital_prompts",
     "flip_country",
-    "flip_city",
     "load_known_facts",
     "make_fact_set",
     "rome_fact_set",
@@ -61,8 +60,14 @@ __all__ = [
     "subject_masks",
     "REFERENCES",
     "CLAIMS",
-    "claim_range",
     "setup_table",
+    "split_halves",
+    "top_wrong_tokens",
+    "anti_overconfidence",
+    "mlp_direct_effects",
+    "capital_map",
+    "decode_intercept",
+    "scorecard",
 ]
 
 # The 15 pairs of Lv et al.'s fact_dataset.py (fact sheet), in its order.
@@ -73,24 +78,25 @@ CAPITALS: tuple[tuple[str, str], ...] = (
     ("Austria", "Vienna"), ("Greece", "Athens"), ("Thailand", "Bangkok"),
 )
 
-# Lead-ins: the first three are quoted from the paper's code by the fact sheet; the rest are
-# the book's own wording (the code's full list was not available).
+# The 15 lead-ins of Lv et al.'s templates (NC_TEMPLATES in the authors' fact_dataset.py,
+# trestad/Factual-Recall-Mechanism), in their order; each template is
+# "<lead-in> the capital of [N] is [C]". Short data strings, used with the source stated.
 LEAD_INS: tuple[str, ...] = (
+    "It's crucial to know that",
+    "You are right to say that",
+    "Therefore, it's correct to state that",
+    "When asked, always remember that",
+    "We confirm that",
+    "Don't forget,",
+    "Bear in mind,",
+    "Keep in mind,",
+    "Just a reminder,",
     "As we all know,",
     "According to the textbook,",
-    "Keep in mind,",
-    "It is well known that",
-    "As everyone learns at school,",
-    "In case you forgot,",
-    "Here is a simple fact:",
-    "As the atlas shows,",
-    "Any encyclopedia will tell you that",
-    "As my teacher said,",
-    "To put it simply,",
-    "For the record,",
-    "As most people know,",
-    "In geography class we learned that",
-    "Of course,",
+    "I am sure that",
+    "Without a doubt,",
+    "In case you didn't know,",
+    "To emphasize,",
 )
 MAX_CAPITAL_PROMPTS = len(CAPITALS) * len(LEAD_INS)  # 225
 
@@ -120,43 +126,51 @@ REFERENCES: dict[str, Reference] = {
 }
 
 
-def claim_range(lo: float, hi: float, source: str, confidence: str = "paper text",
-                note: str = "") -> tuple[Reference, float]:
-    """``(reference, tolerance)`` for a claim "the measured value lies in [lo, hi]".
-
-    The reference value is the interval's centre and the tolerance its half-width, so a
-    :class:`~helpers.scorecard.Scorecard` row holds exactly when the claim does. The
-    centre is the book's encoding of a qualitative claim, never a number of the paper.
-    """
-    if hi < lo:
-        raise ValueError(f"empty claim range [{lo}, {hi}]")
-    return Reference((lo + hi) / 2, source, confidence, note), (hi - lo) / 2
-
-
 _ABSTRACT = "Lv et al. v4 abstract; claim, no number published"
-#: Claims with a measurable number, as Scorecard references (value, source, confidence).
-#: Values are the claim's encoding (a count, a share, 1 = yes), not numbers from a paper.
+_ROME = "Meng et al. 2022 (ROME), abstract and §2: claim, GPT-2 XL"
+_GEVA = "Geva et al. 2023: claim, GPT-2 XL / GPT-J"
+#: Claims with a measurable form, as Scorecard references. The value is the claim's encoding
+#: (a sign, a bound of the book's), never a number from a paper; each row's criterion and
+#: null are set in :func:`scorecard`.
 CLAIMS: dict[str, Reference] = {
+    "rome_mlp_site": Reference(
+        1, _ROME + " (mid-layer MLPs at the last subject token are decisive)", "paper text",
+        note="restoring MLP outputs there brings probability back (> 0); windows scaled from "
+             "10 of 48 layers to the chapter's window of 12"),
+    "rome_attn_late": Reference(
+        1, _ROME + " (attention matters late, at the last token)", "paper text",
+        note="attention windows at the last token: upper half > lower half"),
+    "geva_subject_late": Reference(
+        1, _GEVA + " (subject → last edges matter from the middle layers on)", "paper text",
+        note="% change of p(answer) when those edges are blocked: lower half − upper half > 0"),
+    "geva_relation_before_subject": Reference(
+        1, _GEVA + " (relation positions matter first, subject positions later)",
+        "paper text", note="in the lower half, blocking the relation hurts more than the subject"),
     "movers_attend_subject": Reference(
-        3, _ABSTRACT + " (heads move the topic to the last position)", "paper text",
-        note="count of the top-3 path-patching heads with attention 'is' → country > 0.3 "
-             "(the threshold is the book's)"),
+        2, _ABSTRACT + " (heads move the topic to the last position)", "paper text",
+        note="at least 2 of the top-3 path-patching heads attend 'is' → country > 0.3 "
+             "(threshold and count are the book's)"),
     "lead_9_8_in_top5": Reference(
         1, "a reading list naming 9.8 as Lv's argument passer (not the paper; unconfirmed)",
-        "secondary source", note="1 if head 9.8 is among the 5 largest path-patching drops"),
+        "secondary source", note="9.8 among the 5 largest path-patching drops"),
+    "mlp_gain": Reference(
+        0.25, _ABSTRACT + " (the MLP after the movers amplifies or erases heads)",
+        "paper text", note="causal gain g (MLP output along the head's, per unit of head "
+                           "output): 0 = pass-through; |g| ≥ 0.25 is the book's bar"),
+    "intercept_task_aware": Reference(
+        0.9, _ABSTRACT + " (the MLP also writes a task-aware part toward the answer)",
+        "paper text", note="the fit's intercept read with W_U: capitals' mean percentile "
+                           "among all tokens (0.5 = random; ≥ 0.9 is the book's bar)"),
     "capital_map_share": Reference(
-        1.0, _ABSTRACT + " (a deep MLP applies get_capital(X))", "paper text",
+        0.5, _ABSTRACT + " (a deep MLP applies get_capital(X))", "paper text",
         note="share of countries whose own capital scores highest in the top MLP's output; "
-             "holds at ≥ 0.5 (the book's bar)"),
+             "≥ 0.5 is the book's bar; chance 1/15"),
     "suppressors_raise_p": Reference(
         1, _ABSTRACT + " (final-layer anti-overconfidence; mitigating it raises confidence)",
-        "paper text",
-        note="1 if zeroing the final layer's 3 most negative direct effects raises mean "
-             "p(capital)"),
-    "geva_relation_before_subject": Reference(
-        1, "Geva et al. 2023 (relation positions matter first, subject positions later)",
-        "paper text", note="1 if the relation knockout's largest drop is at an earlier "
-                           "layer than the subject knockout's"),
+        "paper text", note="components chosen on one half of the prompts, scored on the other"),
+    "anti_universal": Reference(
+        1, _ABSTRACT + " ('universal' anti-overconfidence: other facts too)", "paper text",
+        note="ROME's known facts, held out as for the capitals"),
 }
 
 
@@ -269,19 +283,6 @@ def flip_country(ps: PromptSet, *, seed: int = 1) -> PromptSet:
     rng = random.Random(seed)
     countries = [rng.choice([x for x in range(len(CAPITALS)) if x != c]) for c in ps.fields["country"]]
     return _rebuild(ps, countries=countries)
-
-
-def flip_city(ps: PromptSet, *, seed: int = 1) -> PromptSet:
-    """One-shot prompts with the example's capital replaced by a wrong city (seeded)."""
-    if ps.fields["shot"][0] != 1:
-        raise ValueError("flip_city needs one-shot prompts (make_capital_prompts(shot=1)): "
-                         "zero-shot prompts contain no city")
-    rng = random.Random(seed)
-    demos = []
-    for dc in ps.fields["demo_country"]:
-        wrong = rng.choice([x for x in range(len(CAPITALS)) if x != dc])
-        demos.append((dc, CAPITALS[wrong][1]))
-    return _rebuild(ps, demos=demos)
 
 
 def _rebuild(ps: PromptSet, *, countries=None, demos=None) -> PromptSet:
@@ -486,3 +487,281 @@ def subject_masks(ps: PromptSet) -> tuple[torch.Tensor, torch.Tensor]:
     subj = subject_mask(ps.positions["SUBJ_FIRST"], ps.positions["SUBJ_LAST"], ps.max_len)
     real = torch.arange(ps.max_len)[None] < (ps.lengths - 1)[:, None]
     return subj, real & ~subj
+
+
+# ---------------------------------------------------------------------------- analyses
+
+
+def split_halves(n: int, *, seed: int = 0) -> tuple[list[int], list[int]]:
+    """``(choose, score)``: a seeded split of ``range(n)`` into two halves (the first gets
+    the extra one). Components are chosen on one half and scored on the other."""
+    if n < 2:
+        raise ValueError(f"a held-out split needs at least 2 prompts, got {n}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    half = (n + 1) // 2
+    return sorted(order[:half]), sorted(order[half:])
+
+
+def _zero_neurons_hook(layer: int, neurons: Sequence[int]):
+    from ..hooks import hook_name
+
+    idx = torch.tensor(list(neurons), dtype=torch.long)
+
+    def zero(post, hook):
+        post = post.clone()
+        post[..., idx.to(post.device)] = 0.0
+        return post
+
+    return [(hook_name("post", layer), zero)]
+
+
+@torch.no_grad()
+def top_wrong_tokens(model, ps: PromptSet, batch: int = 64) -> torch.Tensor:
+    """``[n]``: the model's highest-logit token at END other than the answer."""
+    from ..hooks import logits_at_positions
+
+    out = []
+    for s in range(0, len(ps), batch):
+        part = ps.subset(range(s, min(s + batch, len(ps))))
+        lg = logits_at_positions(model, part.tokens, part.positions["END"]).float().cpu()
+        lg[torch.arange(len(part)), part.answers] = -float("inf")
+        out.append(lg.argmax(-1))
+    return torch.cat(out)
+
+
+def anti_overconfidence(model, ps: PromptSet, *, k: int = 3, mid_layer: int | None = None,
+                        n_random: int = 10, n_neurons: int = 3, seed: int = 0) -> dict:
+    """Lv et al.'s final-layer anti-overconfidence, held out and controlled.
+
+    On one half of ``ps`` (:func:`split_halves`) choose the ``k`` components of the last
+    layer (its heads and its MLP) with the most negative mean direct effect on the answer's
+    logit minus the mean logit; the same for ``mid_layer`` (default: the middle layer) and
+    for MLP neurons of the last layer (``n_neurons``). On the *other* half, per prompt:
+
+    * ``dp_suppressors``: p(answer) with the chosen last-layer components zeroed, minus
+      the clean p(answer);
+    * ``dp_random``: the same for ``k`` random last-layer components (mean over
+      ``n_random`` seeded draws): zeroing anything there can only act directly;
+    * ``dp_mid``: zeroing the middle layer's ``k`` most negative components;
+    * ``dp_neurons``: zeroing the chosen last-layer neurons;
+    * ``specificity``: the chosen components' summed direct effect on the answer minus that
+      on the model's top wrong token (negative: they suppress the answer more);
+    * ``lens_drop``: logit-lens p(answer) entering the last layer minus the model's output
+      p(answer) (positive: the last layer lowers confidence).
+    """
+    from ..tracing import direct_effects, neuron_direct_effects, scale_hooks, logit_lens
+
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    last = n_layers - 1
+    mid = n_layers // 2 if mid_layer is None else int(mid_layer)
+    if not 0 <= mid < last:
+        raise ValueError(f"mid_layer must be in 0..{last - 1}, got {mid}")
+    choose, score = split_halves(len(ps), seed=seed)
+    A, B = ps.subset(choose), ps.subset(score)
+
+    def comps(L):
+        return [f"{L}.{h}" for h in range(n_heads)] + [f"MLP {L}"]
+
+    def most_negative(L):
+        de = direct_effects(model, A.tokens, A.positions["END"], A.answers, comps(L)).mean(0)
+        order = de.argsort().tolist()
+        return [comps(L)[i] for i in order[:k]], de
+
+    suppressors, de_last = most_negative(last)
+    mid_suppressors, _ = most_negative(mid)
+    base = lv_metrics(model, B)["prob"]
+
+    def dp(hooks):
+        return lv_metrics(model, B, fwd_hooks=hooks)["prob"] - base
+
+    rng = random.Random(seed + 1)
+    random_sets = [rng.sample(comps(last), k) for _ in range(n_random)]
+    dp_random = torch.stack([dp(scale_hooks(model, {c: 0.0 for c in s})) for s in random_sets]).mean(0)
+    ne = neuron_direct_effects(model, A.tokens, A.positions["END"], A.answers, last).mean(0)
+    neurons = ne.argsort()[:n_neurons].tolist()
+    wrong = top_wrong_tokens(model, B)
+    de_ans = direct_effects(model, B.tokens, B.positions["END"], B.answers, suppressors).sum(1)
+    de_wrong = direct_effects(model, B.tokens, B.positions["END"], wrong, suppressors).sum(1)
+    lens_p, _ = logit_lens(model, B.tokens, B.answers, B.positions["END"])
+    return {
+        "choose": choose, "score": score, "layer": last, "mid_layer": mid,
+        "suppressors": suppressors, "mid_suppressors": mid_suppressors,
+        "components": comps(last), "de_last": de_last, "random_sets": random_sets,
+        "neurons": neurons, "neuron_de": ne,
+        "base_p": base,
+        "dp_suppressors": dp(scale_hooks(model, {c: 0.0 for c in suppressors})),
+        "dp_random": dp_random,
+        "dp_mid": dp(scale_hooks(model, {c: 0.0 for c in mid_suppressors})),
+        "dp_neurons": dp(_zero_neurons_hook(last, neurons)),
+        "specificity": de_ans - de_wrong,
+        "lens_drop": lens_p[last] - lens_p[-1],
+    }
+
+
+@torch.no_grad()
+def mlp_direct_effects(model, ps: PromptSet) -> torch.Tensor:
+    """``[n, n_layers]``: each MLP's direct effect on the answer's logit minus the mean
+    logit at END (Lv's metric), the selection rule for the function-application MLP."""
+    from ..tracing import direct_effects
+
+    labels = [f"MLP {L}" for L in range(model.cfg.n_layers)]
+    return direct_effects(model, ps.tokens, ps.positions["END"], ps.answers, labels)
+
+
+@torch.no_grad()
+def capital_map(model, ps: PromptSet, layer: int) -> dict:
+    """Does MLP ``layer`` map each country to its own capital, and is it only an echo?
+
+    Over the capital prompts, average MLP ``layer``'s output at END per query country and
+    read it against every capital's unembedding, centred over the vocabulary (``mlp``), and
+    for two echo controls: the same output against every *country's* unembedding
+    (``mlp_countries``: GPT-2's tied embeddings let an MLP that echoes the country look like
+    a map), and the residual stream *before* that MLP (``resid_mid``) against the capitals
+    (is the map already there?). ``share``: the fraction of countries whose own column is the
+    largest in their row; ``margin``: per country, its own column minus the mean of the
+    others (per-country values, for an SE).
+    """
+    from ..hooks import capture, hook_name
+
+    countries = torch.tensor(ps.fields["country"])
+    present = sorted(set(countries.tolist()))
+    if len(present) < 2:
+        raise ValueError("the capital map needs prompts of at least 2 countries")
+    tok = ps.tokenizer
+    cap_ids = torch.tensor([tok.encode(" " + CAPITALS[c][1])[0] for c in present])
+    cty_ids = torch.tensor([tok.encode(" " + CAPITALS[c][0])[0] for c in present])
+    names = [hook_name("mlp_out", layer), hook_name("resid_mid", layer)]
+    out = {}
+    rows = torch.arange(len(ps))
+    W_U = model.W_U
+    W_c = W_U - W_U.mean(-1, keepdim=True)
+    acts_all: dict[str, list] = {nm: [] for nm in names}
+    for s in range(0, len(ps), 64):
+        part = ps.subset(range(s, min(s + 64, len(ps))))
+        _, acts = capture(model, part.tokens, names)
+        r = torch.arange(len(part))
+        for nm in names:
+            a = acts[nm]
+            acts_all[nm].append(a[r.to(a.device), part.positions["END"].to(a.device)])
+    for key, nm, ids in (("mlp", names[0], cap_ids), ("mlp_countries", names[0], cty_ids),
+                         ("resid_mid", names[1], cap_ids)):
+        vec = torch.cat(acts_all[nm])
+        means = torch.stack([vec[(countries == c).to(vec.device)].mean(0) for c in present])
+        mat = (means @ W_c[:, ids.to(W_c.device)]).float().cpu()
+        diag = mat.diagonal()
+        off = (mat.sum(1) - diag) / (len(present) - 1)
+        out[key] = {"matrix": mat, "share": float((mat.argmax(1) == torch.arange(len(present))).float().mean()),
+                    "margin": diag - off}
+    out["countries"] = [CAPITALS[c][0] for c in present]
+    out["capitals"] = [CAPITALS[c][1] for c in present]
+    del rows
+    return out
+
+
+def decode_intercept(model, intercept: torch.Tensor, targets: Sequence[int], top: int = 10):
+    """``(percentiles [len(targets)], top tokens)``: read a fitted intercept (a vector in
+    the residual basis) against the unembedding, centred over the vocabulary; each target
+    token's percentile among all tokens (1 = the top token, 0.5 = a random token's
+    expectation) and the ``top`` tokens it promotes most."""
+    W_U = model.W_U
+    logits = (intercept.to(W_U.device).to(W_U.dtype) @ (W_U - W_U.mean(-1, keepdim=True))).float().cpu()
+    t = torch.as_tensor(list(targets), dtype=torch.long)
+    below = (logits[None, :] < logits[t][:, None]).float().sum(1)
+    pct = below / (logits.numel() - 1)
+    best = logits.argsort(descending=True)[:top].tolist()
+    return pct, best
+
+
+def scorecard(m: dict, *, stand_in: bool, n_layers: int = 12):
+    """The chapter's scorecard from the measured values ``m`` (see the notebook's Scorecard
+    section; a key missing or None means "not run at this size"). Every graded row names
+    its null and fails there (:meth:`~helpers.scorecard.Scorecard.null_run`)."""
+    from ..scorecard import Scorecard, bootstrap_se  # noqa: F401 (bootstrap_se: callers)
+
+    def get(key):
+        return m.get(key)
+
+    card = Scorecard("Factual recall: claims and data", stand_in=stand_in)
+    R = REFERENCES
+    sec_trace, sec_pp = "2. Causal tracing: where do the decisive states sit?", \
+        "4. Argument passing: which heads move the country to \"is\"?"
+    sec_gain, sec_func = "5. The MLP as an \"activation function\"", \
+        "6. Function application: which MLP writes \"Paris\"?"
+    sec_anti, sec_ko = "7. Anti-overconfidence in the final layer", \
+        "3. Attention knockout: when does the last token read the subject?"
+    mid = f"{n_layers // 6}–{2 * n_layers // 3}"
+    card.sign(f"MLP indirect effect at the last subject token, windows centred {mid} "
+              "(MLP0 outside every window)", CLAIMS["rome_mlp_site"],
+              get("mlp_mid_ie"), sign=1, se=get("mlp_mid_ie_se"), section=sec_trace)
+    card.ordering("MLP effect in middle layers: last subject token > first subsequent token",
+                  CLAIMS["rome_mlp_site"],
+                  greater=("last subject token", get("mlp_mid_ie"), get("mlp_mid_ie_se")),
+                  lesser=("first subsequent token", get("mlp_mid_ie_next"),
+                          get("mlp_mid_ie_next_se")), section=sec_trace)
+    card.ordering("attention effect at the last token: upper half > lower half",
+                  CLAIMS["rome_attn_late"],
+                  greater=("upper half", get("attn_upper_ie"), get("attn_upper_ie_se")),
+                  lesser=("lower half", get("attn_lower_ie"), get("attn_lower_ie_se")),
+                  section=sec_trace)
+    card.ordering("subject knockout hurts more in the upper half (% change, lower − upper)",
+                  CLAIMS["geva_subject_late"],
+                  greater=("lower half", get("ko_subj_lower"), get("ko_subj_lower_se")),
+                  lesser=("upper half", get("ko_subj_upper"), get("ko_subj_upper_se")),
+                  section=sec_ko)
+    card.ordering("lower half: relation knockout hurts more than subject knockout",
+                  CLAIMS["geva_relation_before_subject"],
+                  greater=("subject, lower half", get("ko_subj_lower"), get("ko_subj_lower_se")),
+                  lesser=("relation, lower half", get("ko_rel_lower"), get("ko_rel_lower_se")),
+                  section=sec_ko)
+    card.at_least("top-3 path-patching heads with attention 'is' → country > 0.3",
+                  CLAIMS["movers_attend_subject"], get("movers_attending"), 2, null=0,
+                  section=sec_pp)
+    card.top_k("head 9.8 among the 5 largest path-patching drops", CLAIMS["lead_9_8_in_top5"],
+               get("head_ranking"), ["9.8"], 5, section=sec_pp)
+    card.at_least("|causal gain| of MLP on the top mover (0 = pass-through)",
+                  CLAIMS["mlp_gain"], get("abs_causal_gain"), 0.25, null=0,
+                  se=get("abs_causal_gain_se"), section=sec_gain)
+    card.at_least("capitals' percentile in the gain fit's intercept (0.5 = random)",
+                  CLAIMS["intercept_task_aware"], get("intercept_percentile"), 0.9, null=0.5,
+                  se=get("intercept_percentile_se"), section=sec_gain)
+    card.at_least("share of countries the top MLP maps to their own capital (chance 1/15)",
+                  CLAIMS["capital_map_share"], get("map_share"), 0.5,
+                  null=1 / 15, section=sec_func)
+    card.ordering("capital map margin: MLP output > the residual before it (echo control)",
+                  CLAIMS["capital_map_share"],
+                  greater=("MLP output", get("map_margin"), get("map_margin_se")),
+                  lesser=("resid_mid", get("map_margin_resid"), get("map_margin_resid_se")),
+                  section=sec_func)
+    card.sign("Δ p(capital), zeroing the last layer's 3 most negative components "
+              "(chosen on the other half)", CLAIMS["suppressors_raise_p"],
+              get("dp_suppressors"), sign=1, se=get("dp_suppressors_se"), section=sec_anti)
+    card.ordering("Δ p(capital): those 3 > 3 random last-layer components",
+                  CLAIMS["suppressors_raise_p"],
+                  greater=("most negative", get("dp_suppressors"), get("dp_suppressors_se")),
+                  lesser=("random", get("dp_random"), get("dp_random_se")), section=sec_anti)
+    card.ordering("Δ p(capital): those 3 > the middle layer's 3 most negative",
+                  CLAIMS["suppressors_raise_p"],
+                  greater=("last layer", get("dp_suppressors"), get("dp_suppressors_se")),
+                  lesser=("middle layer", get("dp_mid"), get("dp_mid_se")), section=sec_anti)
+    card.sign("specificity: their direct effect on the answer − on the top wrong token",
+              CLAIMS["suppressors_raise_p"], get("specificity"), sign=-1,
+              se=get("specificity_se"), section=sec_anti)
+    card.sign("logit lens: p(capital) entering the last layer − the output's",
+              CLAIMS["suppressors_raise_p"], get("lens_drop"), sign=1,
+              se=get("lens_drop_se"), section=sec_anti)
+    card.sign("ROME facts: Δ p(answer), zeroing the last layer's 3 most negative (held out)",
+              CLAIMS["anti_universal"], get("dp_suppressors_rome"), sign=1,
+              se=get("dp_suppressors_rome_se"), section=sec_anti)
+    card.info("MLP0 alone (window 1) at the last subject token: indirect effect",
+              CLAIMS["rome_mlp_site"], get("mlp0_ie"), se=get("mlp0_ie_se"),
+              note="reported apart: MLP0 acts as an extended embedding and undoes "
+                   "embedding noise directly", section=sec_trace)
+    card.info("Δ p(capital), zeroing the last MLP's 3 most negative neurons (held out)",
+              CLAIMS["suppressors_raise_p"], get("dp_neurons"), se=get("dp_neurons_se"),
+              note="neuron level; Lv et al.'s neuron index is not in their released code",
+              section=sec_anti)
+    card.data_check("distinct capital-task prompts generated", R["capital_prompts"],
+                    get("n_capital_prompts"))
+    card.data_check("distinct ROME known facts shipped", R["rome_facts"], get("n_rome_facts"))
+    return card
