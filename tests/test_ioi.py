@@ -518,3 +518,185 @@ def test_copy_score_needs_the_recorded_value_biases(biased):
         model.casebook_value_bias = saved
     with pytest.raises(ValueError, match="sign"):
         copy_score(model, ["1.0"], resid, [1, 2, 3], sign=2)
+
+
+# --------------------------------------------------------------------------- completeness, minimality, scorecard (issue 27)
+
+
+def test_per_prompt_scores_average_to_the_evaluators_scores(tiny_model, tok):
+    from helpers import CircuitEvaluator, LogitDiffMetric, head_means
+    from helpers.ablation import circuit_scores_per_prompt
+
+    ds = make_ioi_dataset(6, seed=2, tokenizer=tok)
+    abc = ds.corrupt_abc(seed=3)
+    metric = LogitDiffMetric(ds.io_tokens, ds.s_tokens, ds.positions["END"])
+    circuit = {(1, 0): "END", (0, 2): "S2", (1, 3): "END"}
+    ev = CircuitEvaluator(tiny_model, ds.tokens, metric, head_means(tiny_model, abc.tokens, abc.groups()),
+                          circuit, named_positions=ds.positions)
+    removals = [None, [(1, 0)], [(0, 2), (1, 3)], [(0, 1)]]
+    for in_circuit in (False, True):
+        got = circuit_scores_per_prompt(ev, removals, circuit=in_circuit, batch_tokens=40)
+        assert got.shape == (4, 6)
+        want = ev.scores(removals, circuit=in_circuit)
+        torch.testing.assert_close(got.mean(1), torch.tensor(want), atol=1e-5, rtol=1e-5)
+    clean = metric(tiny_model(ds.tokens)).item()
+    assert circuit_scores_per_prompt(ev, [None])[0].mean().item() == pytest.approx(clean, abs=1e-5)
+    with pytest.raises(TypeError, match="LogitDiffMetric"):
+        bad = CircuitEvaluator(tiny_model, ds.tokens, lambda lg: lg.mean(), ev.means, circuit)
+        circuit_scores_per_prompt(bad, [None])
+
+
+class _AdditiveEvaluator:
+    """F(M \\ K) = 0 and F(C \\ K) = 1 + the sum of the heads' weights: the incompleteness of K
+    is |1 + Σ w|, known in closed form."""
+
+    def __init__(self, weights):
+        self.w = weights
+
+    def F(self, *, circuit=False, remove=None):
+        return 1.0 + sum(self.w[h] for h in remove or []) if circuit else 0.0
+
+    def scores(self, configs, *, circuit=False, progress=False):
+        return [self.F(circuit=circuit, remove=k) for k in configs]
+
+
+def test_greedy_runs_add_a_head_only_when_the_gap_grows():
+    from helpers import greedy_incompleteness
+    from helpers.ablation import greedy_incompleteness_runs
+
+    weights = {(0, i): w for i, w in enumerate([0.5, -0.3, 0.2, -0.9, 0.1, 0.0])}
+    ev = _AdditiveEvaluator(weights)
+    heads = list(weights)
+    runs = greedy_incompleteness_runs(ev, heads, runs=3, steps=6, sample=6, seed=0)
+    assert len(runs) == 3
+    for run in runs:  # every candidate tried each step: the positive heads, largest first
+        assert run["K"] == [(0, 0), (0, 2), (0, 4)]
+        assert run["gap"] == pytest.approx(1.8) and run["accepted"] == [0, 1, 2]
+        assert run["F_C_minus_K"] == pytest.approx(1.8) and run["F_M_minus_K"] == 0.0
+    # the older search adds a head at every step, even when the gap shrinks
+    old = greedy_incompleteness(ev, heads, 6)
+    assert len(old[-1]["K"]) == 6 and old[-1]["gap"] < 1.8
+    # with 2 candidates a step, K still only ever grows the gap, and draws are seeded
+    a = greedy_incompleteness_runs(ev, heads, runs=4, steps=5, sample=2, seed=1)
+    b = greedy_incompleteness_runs(ev, heads, runs=4, steps=5, sample=2, seed=1)
+    assert [r["K"] for r in a] == [r["K"] for r in b]
+    for run in a:
+        assert all(weights[h] > 0 for h in run["K"]) and run["gap"] >= 1.0
+        assert len(run["K"]) == len(run["accepted"])
+    with pytest.raises(ValueError, match="runs"):
+        greedy_incompleteness_runs(ev, heads, runs=0)
+
+
+def test_completeness_classes_follow_the_authors_code():
+    from helpers.cases.ioi import NAIVE_CIRCUIT, completeness_classes
+
+    six = completeness_classes()
+    assert len(six) == 6 and sum(len(v) for v in six.values()) == 26
+    movers = six["name mover (with backups)"]
+    assert len(movers) == 11 and set(movers) == set(IOI_CIRCUIT.heads(["name mover", "backup name mover"]))
+    naive = completeness_classes(NAIVE_CIRCUIT)
+    assert list(naive) == ["name mover", "s-inhibition", "induction", "duplicate token", "previous token"]
+    assert set(NAIVE_CIRCUIT.labels()) == {"9.6", "9.9", "10.0", "7.3", "7.9", "8.6", "8.10", "5.5", "5.9",
+                                           "3.0", "0.10", "2.2", "4.11"}
+    full = IOI_CIRCUIT.nodes()
+    for head, pos in NAIVE_CIRCUIT.nodes().items():  # same heads keep the same positions
+        assert full[head] == pos
+
+
+def test_discovery_rows_rank_senders_with_a_path():
+    from helpers.cases.ioi import DISCOVERY, PATH_PATCHING, discovery_ranking
+
+    labels = set(IOI_CIRCUIT.labels())
+    assert set(DISCOVERY) == set(PATH_PATCHING)
+    for exp, rows in DISCOVERY.items():
+        for _, members, k, order in rows:
+            assert set(members) <= labels and len(members) < k <= 8 and order in (
+                "negative", "positive", "magnitude")
+    scores = torch.full((3, 2), float("nan"))
+    scores[0] = torch.tensor([1.0, 3.0])  # clean value 2: % change -50, +50
+    scores[1] = torch.tensor([0.0, 2.2])  # -100, +10
+    ranked = {o: discovery_ranking(scores, 2.0, o) for o in ("negative", "positive", "magnitude")}
+    assert ranked["negative"] == ["1.0", "0.0", "1.1", "0.1"]
+    assert ranked["positive"] == ["0.1", "1.1", "0.0", "1.0"]
+    assert ranked["magnitude"] == ["1.0", "0.0", "0.1", "1.1"]  # ties broken by head order
+    with pytest.raises(ValueError, match="order"):
+        discovery_ranking(scores, 2.0, "largest")
+
+
+def test_minimality_table_shares_errors_and_near_threshold():
+    from helpers.cases.ioi import minimality_configs, minimality_table
+
+    v1, v2, a = (9, 9), (10, 0), (5, 5)
+    k_sets = {v1: [], v2: [v1], a: []}
+    configs = minimality_configs(k_sets)
+    assert len(configs) == 4 and frozenset() in configs and frozenset({v1, v2}) in configs
+    n = 400
+    g = torch.Generator().manual_seed(0)
+    base = 3.0 + torch.randn(n, generator=g)
+    per = {frozenset(): base, frozenset({v1}): base - 0.9, frozenset({v1, v2}): base - 0.9 - 0.031
+           + 0.05 * torch.randn(n, generator=g), frozenset({a}): base + 0.3}
+    table = minimality_table(torch.stack([per[c] for c in configs]), configs, k_sets, f_m=3.0)
+    row = table.set_index("head")
+    assert row.loc["9.9", "change"] == pytest.approx(-0.9) and row.loc["9.9", "passes"]
+    assert row.loc["5.5", "share of F(M)"] == pytest.approx(0.1)
+    near = row.loc["10.0"]
+    assert near["share of F(M)"] == pytest.approx(0.031 / 3, abs=0.002)
+    assert near["SE of share"] == pytest.approx(0.05 / 3 / n ** 0.5, rel=0.2)
+    assert bool(near["near threshold"]) and not bool(row.loc["9.9", "near threshold"])
+
+
+def _fake_results(null: bool = False):
+    """Results shaped like the notebook's, for a card that should hold (GPT-2-like values)."""
+    import pandas as pd
+
+    g = torch.Generator().manual_seed(0)
+    n = 100
+    f_m = 3.5 + 0.5 * torch.randn(n, generator=g)
+    pp = {exp: torch.zeros(12, 12) + 2.0 for exp in ("logits", "name mover queries", "s-inhibition values",
+                                                    "s-inhibition keys", "induction keys")}
+    for exp, rows in __import__("helpers.cases.ioi", fromlist=["DISCOVERY"]).DISCOVERY.items():
+        for _, members, _, order in rows:
+            for i, m in enumerate(members):
+                L, h = map(int, m.split("."))
+                pp[exp][L, h] = 2.0 + (1.0 + i / 10) * (1 if order == "positive" else -1)
+    mini = pd.DataFrame({"head": IOI_CIRCUIT.labels(), "share of F(M)": [0.05] * 26,
+                         "SE of share": [0.005] * 26, "passes": [True] * 26})
+    return {
+        "n_heads_circuit": 26, "share_of_nodes": 26 / (144 * 17),
+        "baseline_lds": 3.56 + torch.randn(1000, generator=g),
+        "baseline_probs": (0.49 + 0.1 * torch.randn(1000, generator=g)).clamp(0, 1),
+        "f_c": 0.87 * f_m, "f_m": f_m, "f_m_minus_nm": 0.95 * f_m, "nm_direct": 0.6 * f_m,
+        "f_c_minus_negative": 0.87 * f_m + 1.45, "nm_attention": torch.full((n, 3), 0.59),
+        "sinh_attention": torch.full((n, 4), 0.51),
+        "copy_scores": {"9.9": 0.97, "9.6": 0.98, "10.0": 0.99},
+        "negative_copy_scores": {"10.7": 0.98, "11.10": 0.99}, "copy_rows": 300,
+        "minimality": mini, "greedy_best": 2.5 + 0.5 * torch.randn(n, generator=g),
+        "naive_gap": 0.1 + 0.3 * torch.randn(n, generator=g), "path_patching": pp, "clean_ld": 2.0,
+    }
+
+
+def test_scorecard_rows_hold_on_paper_like_values_and_fail_at_their_nulls():
+    from types import SimpleNamespace
+
+    from helpers.cases.ioi import DISCOVERY, build_scorecard
+    from helpers.scorecard import DIFFERS, HOLDS, NOT_APPLICABLE
+
+    card = build_scorecard(SimpleNamespace(is_stand_in=False), _fake_results())
+    graded = [r for r in card.rows if r.role == "graded"]
+    data = [r for r in card.rows if r.role == "data"]
+    assert {r.quantity for r in data} == {"circuit heads", "circuit share of (head, position) pairs"}
+    assert sum(r.criterion["kind"] == "top_k" for r in graded) == sum(len(v) for v in DISCOVERY.values())
+    kinds = {r.quantity: r.criterion["kind"] for r in graded}
+    assert kinds["worst incompleteness found by the greedy search"] == "at_least"
+    assert kinds["heads passing minimality (paper's K, ≥ 1% of F(M))"] == "at_least"
+    assert all(kind == "at_least" for q, kind in kinds.items() if "copy score" in q)
+    verdicts = dict(zip([r.quantity for r in card.rows], card.verdicts()))
+    assert all(v == HOLDS for v in verdicts.values()), {q: v for q, v in verdicts.items() if v != HOLDS}
+    assert all(v == DIFFERS for r, v in zip(card.null_run().rows, card.null_run().verdicts())
+               if r.role == "graded")
+    stand_in = build_scorecard(SimpleNamespace(is_stand_in=True), _fake_results())
+    assert {v for r, v in zip(stand_in.rows, stand_in.verdicts()) if r.role == "graded"} == {NOT_APPLICABLE}
+    assert all(v == HOLDS for r, v in zip(stand_in.rows, stand_in.verdicts()) if r.role == "data")
+    # a smoke build that skipped everything: rows are "not run", nothing raises
+    empty = build_scorecard(SimpleNamespace(is_stand_in=False), {})
+    assert DIFFERS not in empty.verdicts()

@@ -815,7 +815,8 @@ def completeness_classes(circuit: Circuit = IOI_CIRCUIT) -> dict[str, list[Head]
     as in :data:`IOI_CIRCUIT`. Empty classes are left out."""
     out: dict[str, list[Head]] = {}
     for cls in circuit.classes:
-        name = "name mover (with backups)" if cls in ("name mover", "backup name mover") else cls
+        merged = cls in ("name mover", "backup name mover") and "backup name mover" in circuit.classes
+        name = "name mover (with backups)" if merged else cls
         heads = circuit.heads(cls)
         if heads:
             out.setdefault(name, []).extend(heads)
