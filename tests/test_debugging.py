@@ -740,3 +740,31 @@ def test_input_tokens_attention_view_and_two_different_prompts(tiny_model, dbg):
     side = compare(dbg, other, n=5)
     assert list(side.columns[-3:]) == ["est_total_effect_left", "diff", "est_total_effect_right"]
     assert side["left tokens"][0] != side["right tokens"][0] or side.kind[0] != "head"
+
+
+def test_scorecard_rows_fail_at_their_nulls_and_run_at_smoke_size(dbg):
+    from helpers.debugger import estimate_study
+    from helpers.scorecard import DIFFERS, HOLDS, NOT_RUN
+
+    heads = [f"{l}.{h}" for l in range(12) for h in range(12)]
+    direct = {h: -0.01 * i for i, h in enumerate(heads)}
+    for i, h in enumerate(["9.9", "9.6", "10.0"]):
+        direct[h] = 5.0 - i
+    upstream = {h: 0.0 for h in heads if int(h.split(".")[0]) < 9}
+    for h in ("7.3", "7.9", "8.6"):
+        upstream[h] = 1.0
+    study = estimate_study(dbg, 4, seed=0, pair_census=False)
+    card = case.build_scorecard(stand_in=False, direct_gap=1e-5, head_direct=direct,
+                                upstream=upstream, study=study, splice_gap=None,
+                                centring_offset=0.0)
+    graded = [r for r in card.rows if r.role == "graded"]
+    assert len(graded) == 4 + 3 * len(case.ESTIMATE_GROUPS)
+    verdicts = dict(zip([r.quantity for r in card.rows], card.verdicts()))
+    assert verdicts["name movers in the top-5 heads by direct effect"] == HOLDS
+    assert verdicts["S-inhibition heads in the top 10 upstream of 9.9's query"] == HOLDS
+    assert verdicts["direct effect of negative name mover 10.7"] == HOLDS
+    assert verdicts["ρ(estimate, ablation), whole heads (mean)"] == NOT_RUN  # no reference given
+    assert all(v == DIFFERS for r, v in zip(card.null_run().rows, card.null_run().verdicts())
+               if r.role == "graded" and r.measured is not None)
+    assert [r.quantity for r in card.rows if r.role == "info"]
+    assert all(r.section in case.SECTIONS.values() for r in card.rows)

@@ -46,6 +46,9 @@ __all__ = [
     "sample_text",
     "load_text_sample",
     "SAMPLE_LICENSE",
+    "SECTIONS",
+    "ESTIMATE_GROUPS",
+    "build_scorecard",
 ]
 
 
@@ -109,8 +112,25 @@ REFERENCES: dict[str, Reference] = {
         note="count of the two with a negative summed direct effect"),
     "s_inhibition_upstream_of_nm_query": Reference(
         4, "Wang et al. 2022, §3.2 (7.3, 7.9, 8.6, 8.10 act on the name movers' queries)", "paper text",
-        note="count of the four among the 10 heads with the largest estimated effect on 9.9's query"),
+        note="count of the four among the 10 heads (layers 0-8) with the largest |estimated effect| on "
+             "9.9's attention score towards ' Mary' minus ' John', through its query"),
+    "estimate_predicts_ablation": Reference(
+        1.0, "TDB terminology.md: the estimated total effect (activation × gradient) estimates the "
+             "effect of ablating the node", "official code",
+        note="TDB publishes no accuracy figure (1 = a perfect estimate); graded: the estimate "
+             "ranks (ρ > 0), signs (agreement above chance) and sizes (R² > 0) better than chance"),
 }
+
+#: Section headings of the chapter (the scorecard links each row to the section computing it).
+SECTIONS = {
+    "ioi": '1. Why " Mary" and not " John"? The IOI prompt',
+    "trace": "Trace upstream: what sets the name mover's query?",
+    "estimates": "3. How good are the estimates?",
+    "latents": "4. Latents instead of neurons",
+}
+
+#: Groups of the estimate study graded in the scorecard (random pairs and neurons pooled).
+ESTIMATE_GROUPS = ("whole heads (zero)", "whole heads (mean)", "random nodes")
 
 
 def check_prompts(prompts: dict[str, DebugPrompt] | None = None) -> None:
@@ -223,3 +243,68 @@ def residual_sae(model, layer: int = SAE_LAYER, *, d_sae: int = 24576, seed: int
         f"sae_weights.safetensors from {SAE_REPO}, about 150 MB) with huggingface_hub and "
         f"reads it into the same ReluSAE class; no SAE library is needed."
     )
+
+
+def build_scorecard(*, stand_in: bool, direct_gap: float, head_direct: dict, upstream: dict,
+                    study=None, splice_gap: float | None = None,
+                    centring_offset: float | None = None):
+    """The chapter's scorecard.
+
+    ``head_direct``: ``{"L.H": summed direct effect}`` for every head; ``upstream``: ``{"L.H":
+    summed |estimated effect| on 9.9's score difference}`` for every head before layer 9;
+    ``study``: :func:`helpers.debugger.estimate_study`'s frame (None: not run at this size);
+    ``splice_gap``: |logit difference with the SAE spliced in − without|; ``centring_offset``:
+    the largest of :func:`helpers.debugger.writing_weights_offset`.
+    """
+    from ..debugger import estimate_scores
+    from ..scorecard import Scorecard
+
+    ioi, trace, est, lat = (SECTIONS[k] for k in ("ioi", "trace", "estimates", "latents"))
+    card = Scorecard("Debugging a prediction", stand_in=stand_in)
+    exact = Reference(0.0, "definition of the direct effect (TDB terminology.md)", "official code")
+    card.data_check("|Σ direct effects − logit difference|", exact, direct_gap, tol=1e-3,
+                    section=ioi)
+    splice = Reference(0.0, "definition of the error node: x = x̂ + (x − x̂) (TDB)", "official code")
+    card.data_check("|logit difference with the SAE and error node spliced in − without|",
+                    splice, splice_gap, tol=1e-3, section=lat)
+    centred = Reference(0.0, "gpt2-small-res-jb cfg.json: model_from_pretrained_kwargs "
+                             "center_writing_weights=True", "official code")
+    card.data_check("writing weights' offset from centred (max |mean over d_model| / rms)",
+                    centred, centring_offset, tol=1e-3, section=lat)
+    by_direct = sorted(head_direct, key=lambda h: -head_direct[h])
+    card.top_k("name movers in the top-5 heads by direct effect",
+               REFERENCES["name_movers_in_top_heads"], by_direct,
+               [f"{l}.{h}" for l, h in NAME_MOVERS], 5, need=2, section=ioi)
+    for l, h in NEGATIVE_NAME_MOVERS:
+        card.sign(f"direct effect of negative name mover {l}.{h}",
+                  REFERENCES["negative_movers_negative"], head_direct[f"{l}.{h}"], sign=-1,
+                  null=0.0, section=ioi)
+    by_upstream = sorted(upstream, key=lambda h: -upstream[h])
+    card.top_k("S-inhibition heads in the top 10 upstream of 9.9's query",
+               REFERENCES["s_inhibition_upstream_of_nm_query"], by_upstream,
+               [f"{l}.{h}" for l, h in S_INHIBITION], 10, need=2, section=trace)
+    ref = REFERENCES["estimate_predicts_ablation"]
+    scores = None
+    if study is not None:
+        pooled = study.replace({"group": {"random pairs": "random nodes",
+                                          "random neurons": "random nodes"}})
+        scores = estimate_scores(pooled, se=True)
+    for group in ESTIMATE_GROUPS:
+        have = scores is not None and group in scores.index
+        sc = scores.loc[group] if have else {}
+        get = (lambda k: sc[k]) if have else (lambda k: None)
+        card.sign(f"ρ(estimate, ablation), {group}", ref, get("rho"), sign=1, null=0.0,
+                  se=get("rho_se"), section=est)
+        card.ordering(f"sign agreement, {group}", ref,
+                      greater=("sign agreement", get("sign_agreement"), get("sign_agreement_se")),
+                      lesser=("chance", 0.5, None), section=est)
+        card.sign(f"R² of the estimate, {group}", ref, get("r2"), sign=1, null=0.0,
+                  se=get("r2_se"), section=est)
+    if scores is not None:
+        for group in ("top pairs by estimate", "top neurons by estimate"):
+            if group in scores.index:
+                card.info(f"ρ(estimate, ablation), {group}", ref, scores.loc[group, "rho"],
+                          se=scores.loc[group, "rho_se"], section=est,
+                          note="nodes chosen by their estimate: selection-biased, shown for "
+                               "comparison with TDB's table")
+    return card

@@ -83,24 +83,42 @@ def batched_ablation(dbg: Debugger, edits: Sequence[Edit]) -> list[float]:
     return (logits[:, dbg.target_id] - logits[:, dbg.distractor_id]).float().tolist()
 
 
-def estimate_scores(effects: pd.DataFrame, *, by: str | None = "group",
-                    atol: float = 1e-6) -> pd.DataFrame:
+def _rho(pairs: np.ndarray) -> float:
+    return rank_correlation(pairs[:, 0], pairs[:, 1])
+
+
+def _r2(pairs: np.ndarray) -> float:
+    e, a = pairs[:, 0], pairs[:, 1]
+    ss_tot = float(((a - a.mean()) ** 2).sum())
+    return 1 - float(((a - e) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+
+
+def estimate_scores(effects: pd.DataFrame, *, by: str | None = "group", atol: float = 1e-6,
+                    se: bool = False, n_boot: int = 300) -> pd.DataFrame:
     """Per group of ``effects`` (columns ``estimated``, ``actual``): ``n``, Spearman's ``rho``,
     ``sign_agreement`` (share of nodes with |actual| > ``atol`` whose estimate has the same
     sign) and ``r2`` = 1 − Σ(actual − estimated)² / Σ(actual − mean actual)², the estimate
-    used as the prediction itself (no fitted slope: it can be negative)."""
+    used as the prediction itself (no fitted slope: it can be negative). ``se``: add bootstrap
+    standard errors over nodes (``*_se`` columns; :func:`helpers.scorecard.bootstrap_se`)."""
+    from ..scorecard import bootstrap_se
+
     parts = effects.groupby(by, sort=False) if by else [("all", effects)]
     rows = []
     for name, g in parts:
-        e, a = g.estimated.to_numpy(float), g.actual.to_numpy(float)
-        moved = np.abs(a) > atol
-        ss_tot = float(((a - a.mean()) ** 2).sum())
-        rows.append({"group": name, "n": len(g),
-                     "rho": rank_correlation(e, a) if len(g) > 1 else float("nan"),
-                     "sign_agreement": float((np.sign(e[moved]) == np.sign(a[moved])).mean())
-                     if moved.any() else float("nan"),
-                     "r2": 1 - float(((a - e) ** 2).sum()) / ss_tot if ss_tot > 0
-                     else float("nan")})
+        pairs = np.c_[g.estimated.to_numpy(float), g.actual.to_numpy(float)]
+        moved = pairs[np.abs(pairs[:, 1]) > atol]
+        agree = (np.sign(moved[:, 0]) == np.sign(moved[:, 1])).astype(float)
+        row = {"group": name, "n": len(g),
+               "rho": _rho(pairs) if len(g) > 1 else float("nan"),
+               "sign_agreement": float(agree.mean()) if len(agree) else float("nan"),
+               "r2": _r2(pairs)}
+        if se:
+            ok = len(g) > 2
+            row["rho_se"] = bootstrap_se(pairs, _rho, n_boot=n_boot) if ok else float("nan")
+            row["sign_agreement_se"] = (float(agree.std(ddof=1) / np.sqrt(len(agree)))
+                                        if len(agree) > 1 else float("nan"))
+            row["r2_se"] = bootstrap_se(pairs, _r2, n_boot=n_boot) if ok else float("nan")
+        rows.append(row)
     return pd.DataFrame(rows).set_index("group")
 
 
