@@ -1,8 +1,9 @@
 """Fixtures for test_patching.py and test_ablation.py (imported from them, not a conftest).
 
 ``planted`` is a 3-layer, 4-head, d_model-64 GPT-2 with random weights (initializer range
-0.05, larger than GPT-2's 0.02, so that patching effects are far from zero) in which head
-2.0 is set by hand to be a "name mover":
+0.15, larger than GPT-2's 0.02, so that patching effects are far from zero; biases and
+LayerNorm parameters non-zero, drawn as the stand-in's) in which head 2.0 is set by hand to
+be a "name mover":
 
 * position marker: the position embedding of position 1 (where every prompt puts its name)
   gets a large component ``MARK`` on residual direction 63;
@@ -35,37 +36,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from helpers.models import ModelSpec, finish_model, gpt2_tokenizer  # noqa: E402
+from helpers.models import ModelSpec, finish_model, gpt2_like_parameters_, gpt2_tokenizer  # noqa: E402
 
 SPEC = ModelSpec("tiny-planted", "openai-community/gpt2", n_layers=3, n_heads=4, d_model=64)
 PLANTED = (2, 0)
 MARK, NAME_NORM, C, ALPHA = 8.0, 8.0, 32.0, 2.0
 
 
-def boot(hf_model, spec: ModelSpec, seed: int):
-    """A bridge in compatibility mode over a given Hugging Face GPT-2 (offline)."""
+def boot(hf_model, spec: ModelSpec, seed: int, device="cpu"):
+    """A bridge in compatibility mode over a given Hugging Face GPT-2 (offline), on
+    ``device`` (the model is moved there before the bridge is booted, as the stand-in)."""
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import GPT2TokenizerFast
 
     hf_model.eval()
+    hf_model.to(device)
     with tempfile.TemporaryDirectory(prefix="casebook-test-tok-") as folder:
         gpt2_tokenizer().save_pretrained(folder)
         tokenizer = GPT2TokenizerFast.from_pretrained(folder)
-        bridge = TransformerBridge.boot_transformers(spec.hf_id, hf_model=hf_model, tokenizer=tokenizer, device="cpu")
+        bridge = TransformerBridge.boot_transformers(spec.hf_id, hf_model=hf_model, tokenizer=tokenizer, device=device)
     return finish_model(bridge, spec, stand_in=True, seed=seed)
 
 
 def seeded_hf_gpt2(spec: ModelSpec, seed: int, *, n_layers: int | None = None, n_positions: int = 64,
-                   initializer_range: float = 0.02):
+                   initializer_range: float = 0.02, gpt2_like: bool = True):
     """A Hugging Face GPT-2 of ``spec``'s shape with seeded random weights, to edit by hand
-    before :func:`boot` (the global RNG is left as it was)."""
+    before :func:`boot` (the global RNG is left as it was).
+
+    ``gpt2_like`` (the default): non-zero biases and LayerNorm weights and biases, drawn as
+    the stand-in's (``helpers.models.gpt2_like_parameters_``), so that a helper that drops
+    or double-counts a bias changes the answer; ``False`` keeps GPT-2's init (biases 0,
+    LayerNorm 1/0) for a construction that needs it."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(n_layer=n_layers or spec.n_layers, n_head=spec.n_heads, n_embd=spec.d_model,
                         n_positions=n_positions, vocab_size=spec.d_vocab, initializer_range=initializer_range)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return GPT2LMHeadModel(config)
+        hf = GPT2LMHeadModel(config)
+        if gpt2_like:
+            gpt2_like_parameters_(hf)
+        return hf
 
 
 def head_slices(head: int, spec: ModelSpec) -> tuple[slice, slice, slice]:

@@ -30,28 +30,47 @@ def test_medium_shapes():
     assert logits.shape == (1, 5, 50257)
 
 
-def test_stand_in_weights_follow_gpt2_init():
-    """Every tensor initialised (built on meta, given memory, initialised once), as GPT-2's."""
-    from helpers.models import ModelSpec, _random_hf_gpt2
+def test_stand_in_weights_follow_gpt2_init_with_gpt2s_kinds_of_biases():
+    """GPT-2's init for matrices and embeddings (built on meta, given memory, initialised
+    once); biases and LayerNorm parameters drawn from STAND_IN_INIT, as the docstring says."""
+    from helpers.models import STAND_IN_INIT, ModelSpec, _random_hf_gpt2
 
-    spec = ModelSpec("tiny-gpt2", "openai-community/gpt2", n_layers=2, n_heads=4, d_model=64)
+    spec = ModelSpec("tiny-gpt2", "openai-community/gpt2", n_layers=2, n_heads=16, d_model=256)
     hf = _random_hf_gpt2(spec, seed=0)
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied
     names = set()
+
+    def drawn(p, mean, std, name):  # mean within 4 standard errors, std within 15 %
+        assert abs(p.mean().item() - mean) < 4 * std / p.numel() ** 0.5, (name, p.mean().item())
+        assert abs(p.std().item() - std) < 0.15 * std, (name, p.std().item(), std)
+
     for name, p in hf.named_parameters():
         names.add(name)
         assert torch.isfinite(p).all(), name
         if ".ln_" in name or "ln_f" in name:
-            expected = torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p)
-            assert torch.equal(p, expected), name
-        elif name.endswith("bias"):
-            assert torch.equal(p, torch.zeros_like(p)), name
+            if name.endswith("weight"):
+                drawn(p, 1.0, STAND_IN_INIT["ln_weight_std"], name)
+            else:
+                drawn(p, 0.0, STAND_IN_INIT["ln_bias_std"], name)
+        elif name.endswith("bias"):  # GPT-2's init would leave these at zero
+            key = "out_bias_std" if name.endswith("c_proj.bias") else "in_bias_std"
+            drawn(p, 0.0, STAND_IN_INIT[key], name)
         else:  # N(0, 0.02); the residual projections N(0, 0.02 / sqrt(2 n_layers))
             std = 0.02 / (2 * spec.n_layers) ** 0.5 if name.endswith("c_proj.weight") else 0.02
             assert abs(p.std().item() - std) < 0.1 * std, (name, p.std().item())
     assert "transformer.h.1.mlp.c_proj.weight" in names and "transformer.wpe.weight" in names
+    assert "transformer.ln_f.bias" in names and "transformer.h.0.attn.c_attn.bias" in names
     again = _random_hf_gpt2(spec, seed=0).state_dict()
     assert all(torch.equal(v, again[k]) for k, v in hf.state_dict().items())
+    other = _random_hf_gpt2(spec, seed=1).state_dict()
+    assert not torch.equal(other["transformer.ln_f.bias"], hf.state_dict()["transformer.ln_f.bias"])
+
+
+def test_compatibility_mode_biases_are_not_zero(tiny_model):
+    """What the real GPT-2 has after folding: b_U (ln_f's bias through W_U), b_O (value
+    biases folded in), b_in; a helper that drops one changes numbers on the stand-in."""
+    for name in ("b_U", "b_O", "b_in", "b_Q", "b_K"):
+        assert getattr(tiny_model, name).abs().max() > 1e-3, name
 
 
 def test_stand_in_is_labelled_and_frozen(small_stand_in):

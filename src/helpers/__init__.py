@@ -31,7 +31,9 @@ from .debugger import (
     rank_correlation,
     top_activating_snippets,
 )
-from .display import attention_view, model_banner, setup_notebook, show_attention, token_effect_view
+from .devices import DeviceHarness, DeviceMixError
+from .display import attention_view, model_banner, show_attention, token_effect_view
+from .display import setup_notebook as _display_setup_notebook
 from .effective_ov import argmax_score, effective_ov_logits, head_logits_at, mean_logit_score, token_inputs
 from .heads import attention_between, copy_score, format_heads, ov_logits, top_fraction_heads, top_heads
 from .interventions import attention_edit_hooks, edited_logits
@@ -105,3 +107,12 @@ from .tracing import (
 )
 
 __version__ = "0.1.0"
+
+
+def setup_notebook() -> None:
+    """One call at the top of every chapter: plotting renderer, quiet library warnings, and
+    the device harness when ``CASEBOOK_DEVICE_HARNESS`` asks for it (``helpers.devices``)."""
+    from .devices import enable_from_env
+
+    enable_from_env()
+    _display_setup_notebook()
