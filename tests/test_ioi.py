@@ -700,3 +700,18 @@ def test_scorecard_rows_hold_on_paper_like_values_and_fail_at_their_nulls():
     # a smoke build that skipped everything: rows are "not run", nothing raises
     empty = build_scorecard(SimpleNamespace(is_stand_in=False), {})
     assert DIFFERS not in empty.verdicts()
+
+
+def test_scorecard_sections_are_headings_of_the_chapter():
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from helpers.cases.ioi import build_scorecard
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "01_ioi.ipynb").read_text())
+    headings = {line.lstrip("#").strip() for cell in nb["cells"] if cell["cell_type"] == "markdown"
+                for line in "".join(cell["source"]).splitlines() if line.startswith("#")}
+    card = build_scorecard(SimpleNamespace(is_stand_in=True), {})
+    missing = {r.section for r in card.rows} - headings
+    assert not missing, missing

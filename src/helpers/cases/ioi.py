@@ -968,7 +968,8 @@ def build_scorecard(model, r: dict):
         scores = get(key)
         low = None if not scores else min(scores.values())
         card.at_least(what, ref, low, 0.95, null=null,
-                      se=None if low is None else _share_se(low, m), section=sec_att,
+                      se=None if low is None else _share_se(low, m),
+                      section="The name movers copy names: copy scores",
                       note=f"paper: > 95% / 98%; null: the paper's average head ({null:.0%})")
 
     mini = get("minimality")
@@ -1006,13 +1007,20 @@ def build_scorecard(model, r: dict):
                                                       / len(naive) ** 0.5),
                  section=sec_circuit, note="null: a circuit that carries nothing, |F(M)|")
 
-    sec_pp = "3. Path patching: tracing the circuit backwards"
+    sections = {  # the chapter's headings, for the status page's links
+        "logits": "3a. Senders → logits: name movers and negative name movers",
+        "name mover queries": "3b. Senders → name movers' queries: S-inhibition heads",
+        "s-inhibition values": "3c. Senders → S-inhibition heads' values: induction and "
+                               "duplicate-token heads",
+        "s-inhibition keys": '3d. Senders → S-inhibition heads\' keys: the "fuzzy" heads',
+        "induction keys": "3e. Senders → induction heads' keys: previous-token heads",
+    }
     pp, clean_ld = get("path_patching") or {}, get("clean_ld")
     for exp, rows in DISCOVERY.items():
         for label, members, k, order in rows:
             ranking = (None if exp not in pp or clean_ld is None
                        else discovery_ranking(pp[exp], clean_ld, order))
             card.top_k(label, Reference(len(members), PATH_PATCHING[exp].source), ranking,
-                       members, k, section=sec_pp,
+                       members, k, section=sections[exp],
                        note=f"ranked by {order} % change; null: a random ranking")
     return card
