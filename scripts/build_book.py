@@ -79,6 +79,55 @@ def toc_notebooks() -> list[Path]:
     return [p for p in paths if p.exists()]
 
 
+def load_helper_module(name: str):
+    """``src/helpers/<name>.py`` on its own, not through the package: this process only
+    drives the kernels and does not import torch (``hub.py`` and ``project.py`` allow it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"casebook_{name}", ROOT / "src" / "helpers" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a dataclass looks its module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def device_harness_requested() -> bool:
+    """``CASEBOOK_DEVICE_HARNESS`` set (the kernels inherit it: ``helpers.devices``)."""
+    return os.environ.get("CASEBOOK_DEVICE_HARNESS", "").strip().lower() in {"1", "true", "yes", "on", "cuda"}
+
+
+def accelerator_note() -> str:
+    """What the kernels will run on, without importing torch here."""
+    if device_harness_requested():
+        return "the CPU under the device harness (a pretend GPU: CASEBOOK_DEVICE_HARNESS)"
+    if shutil.which("nvidia-smi"):
+        return "the GPU"
+    if sys.platform == "darwin":
+        return "Apple silicon's GPU (MPS) if present, else the CPU"
+    return "the CPU (no GPU found)"
+
+
+def announce_plan(notebooks: list[Path], weights: str, smoke: bool, cache_dir: Path) -> None:
+    """The build's first lines: what it will do and about how long it takes."""
+    key = "runtime_budget_seconds" if smoke else "full_runtime_budget_seconds"
+    default = 60 if smoke else 600
+    budgets = []
+    for path in notebooks:
+        meta = nbformat.read(path, as_version=4).metadata.get("casebook", {})
+        budgets.append(meta.get(key, default))
+    total = sum(budgets)
+    size = "smoke size (small, quick)" if smoke else "default size"
+    model = ("the stand-in (GPT-2's architecture, random weights: figures show the pipeline, "
+             "not GPT-2)" if weights == "random" else "GPT-2's real weights")
+    log(f"plan: execute {len(notebooks)} chapters at {size} with {model}, on {accelerator_note()}, "
+        f"then render the site into {shown(cache_dir.parent / 'html')}")
+    log(f"time: about {max(1, round(total / 60))} min on 2 CPU cores for the chapters (targets: "
+        + ", ".join(f"{p.stem} {b // 60 if b >= 120 else b}{' min' if b >= 120 else ' s'}"
+                    for p, b in zip(notebooks, budgets))
+        + f") plus about 1 min to render; a GPU is faster. Chapters unchanged since the last build "
+          f"are reused from {shown(cache_dir)} (FORCE=1 re-runs them).")
+
+
 def notebook_parameters(path: Path) -> dict:
     """The literal assignments of the notebook's ``parameters`` cell."""
     nb = nbformat.read(path, as_version=4)
@@ -96,13 +145,7 @@ def choose_weights(requested: str, notebooks: list[Path]) -> str:
         return "random"
     # helpers/hub.py is loaded on its own, not through the package, so that this process (which
     # only drives the kernels) does not import torch and transformers just to ask the hub.
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("casebook_hub", ROOT / "src" / "helpers" / "hub.py")
-    hub = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = hub  # its dataclass looks its module up while being built
-    spec.loader.exec_module(hub)
-    hub_available = hub.hub_available
+    hub_available = load_helper_module("hub").hub_available
 
     models = sorted({notebook_parameters(p).get("model_name", "gpt2-small") for p in notebooks})
     missing = [m for m in models if not hub_available(m)]
@@ -169,6 +212,8 @@ def stage_sources(stage: Path, stand_in: bool) -> None:
     shutil.copytree(ROOT / "book", stage / "book")
     shutil.copy(ROOT / "_toc.yml", stage / "_toc.yml")
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    # Launch buttons and the repository button: from the book's one home setting.
+    config["repository"] = load_helper_module("project").book_repository_config()
     if stand_in:
         config.setdefault("html", {})["announcement"] = STAND_IN_ANNOUNCEMENT
     book_assets.configure(config)  # plotly.js, circuitsvis, MathJax from the site itself
@@ -230,14 +275,18 @@ def main(argv: list[str] | None = None) -> int:
         notebooks = [p for p in notebooks if p.stem in set(args.only)]
     weights = choose_weights(args.weights, notebooks)
     out = args.out.resolve()
+    # A build under the device harness keeps its own cache: it must not stand in for a plain one.
+    cache_dir = args.cache or (out / "cache" / "device-harness" if device_harness_requested() else out / "cache")
+    announce_plan(notebooks, weights, args.smoke, cache_dir)
     stage = out / "stage"
     shutil.rmtree(out / "reports", ignore_errors=True)  # failure reports of an earlier build
     stage_sources(stage, stand_in=weights == "random")
     timings = {}
-    cache = exec_cache.ExecutionCache(args.cache or out / "cache", weights)
+    cache = exec_cache.ExecutionCache(cache_dir, weights)
     shared_digest = exec_cache.shared_digest(ROOT)  # helpers, pins, Python: once per build
     ran, reused = [], []
-    for path in notebooks:
+    for number, path in enumerate(notebooks, start=1):
+        progress = f"[{number}/{len(notebooks)}]"
         parameters = {"weights": weights}
         if args.smoke:
             nb = nbformat.read(path, as_version=4)
@@ -246,20 +295,22 @@ def main(argv: list[str] | None = None) -> int:
         key = exec_cache.chapter_key(path, parameters, weights, ROOT, shared_digest)
         entry = None if args.force else cache.restore(path.stem, key, staged)
         if entry is not None:
-            log(f"reused {shown(path)} from the execution cache (unchanged since {entry.executed_at})")
+            log(f"{progress} reused {shown(path)} from the execution cache (unchanged since {entry.executed_at})")
             reused.append(path.stem)
             timings[path.stem] = {"seconds": entry.seconds, "parameters": parameters, "cached": True}
             continue
-        log(f"executing {shown(path)} with {parameters}")
+        log(f"{progress} executing {shown(path)} with {parameters}")
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         seconds = execute(path, staged, parameters, args.timeout, out / "reports")
-        log(f"  done in {seconds:.1f} s")
+        log(f"{progress} {path.stem} done in {seconds:.1f} s")
         cache.store(path.stem, key, staged, parameters=parameters, seconds=seconds, executed_at=started)
         ran.append(path.stem)
         timings[path.stem] = {"seconds": round(seconds, 2), "parameters": parameters, "cached": False}
     log(f"executed: {', '.join(ran) or 'none'}; reused from the cache: {', '.join(reused) or 'none'}"
         + (" (FORCE: cache ignored)" if args.force else ""))
-    (out / "timings.json").write_text(json.dumps({"weights": weights, "notebooks": timings}, indent=2))
+    (out / "timings.json").write_text(json.dumps(
+        {"weights": weights, "device_harness": device_harness_requested(), "smoke": args.smoke,
+         "notebooks": timings}, indent=2))
     status_page.write_status([stage / "notebooks" / p.name for p in notebooks], weights, out, stage)
     if not args.no_render:
         render(stage, out)

@@ -1,6 +1,9 @@
 """End to end: execute every chapter at smoke size on the stand-in, render the book, check it.
 
 One build for the whole module (about a minute per chapter here); the tests read its output.
+The build runs under the device harness (``helpers.devices``): every chapter runs as on a GPU,
+so a tensor left on the CPU, or ``.numpy()`` of a GPU tensor, fails its chapter here. No
+wall-clock target is asserted (only a runaway guard): ``make bench-notebooks`` measures them.
 """
 
 import importlib.util
@@ -35,14 +38,20 @@ def test_offline_build_falls_back_to_the_stand_in_and_says_so_once(built):
     assert json.loads((out / "timings.json").read_text())["weights"] == "random"
 
 
+#: A guard against runaway cells only, not the target: a reader's laptop, or CI's machine
+#: while it also builds the book, is slower than the machine the budgets were set on. The
+#: budgets are measured and printed by `make bench-notebooks` and by .ci/run, never asserted.
+RUNAWAY = 10
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_every_notebook_runs_at_smoke_size_within_budget(built, path):
+def test_every_notebook_runs_at_smoke_size_under_the_device_harness(built, path):
     out, _ = built
-    timing = json.loads((out / "timings.json").read_text())["notebooks"][path.stem]
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["device_harness"] is True and timings["smoke"] is True
+    timing = timings["notebooks"][path.stem]
     budget = nbformat.read(path, as_version=4).metadata["casebook"].get("runtime_budget_seconds", 60)
-    # A guard against runaway cells, not the target: the target (budget) is checked on an idle
-    # machine by scripts/bench_notebooks.py; here the suite may share the CPU with other jobs.
-    assert timing["seconds"] < 3 * budget, timing
+    assert timing["seconds"] < RUNAWAY * budget, timing
     executed = nbformat.read(out / "stage" / "notebooks" / path.name, as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
@@ -92,7 +101,8 @@ def test_bibliography_and_search_exist(built):
 def test_rerun_under_strict_nbval_reproduces_outputs(built, path):
     out, _ = built
     executed = out / "stage" / "notebooks" / path.name
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), CASEBOOK_BUILD="1", TQDM_DISABLE="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), CASEBOOK_BUILD="1", TQDM_DISABLE="1",
+               CASEBOOK_DEVICE_HARNESS="1")  # as the smoke book ran
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "nbval_plugin", "-p", "no:cacheprovider",
          "--nbval", "--nbval-current-env",
