@@ -411,3 +411,251 @@ def test_stage_choice_is_checked():
         check_stage_choice(["logits"], ["logits", "movers' queries"])
     with pytest.raises(ValueError, match="unknown stages \\['logit'\\]"):
         check_stage_choice(["logit"], [])
+
+
+# ----------------------------------------------------------------------------- issue 31
+
+
+def _lists(line):
+    """(colors, objects) named in one 'Q: ...' line, in order, read from the text."""
+    words = line.replace(",", " ").replace(".", " ").replace("?", " ").split()
+    from helpers.cases.circuit_reuse import OBJECTS
+
+    listing = words[: words.index("What")]
+    return ([w for w in listing if w in COLORS], [w for w in listing if w in OBJECTS])
+
+
+def test_the_query_avoids_the_example_colors_and_objects():
+    """As in the authors' cobjs_data_42.json: no query shares a color or an object with its
+    solved example (read back from the prompt text, not from the generator's fields)."""
+    ds = make_colored_objects(1000, seed=42)
+    for i, prompt in enumerate(ds.prompts):
+        ex_line, ex_answer, q_line, _ = prompt.split("\n")
+        ex_colors, ex_objects = _lists(ex_line)
+        q_colors, q_objects = _lists(q_line)
+        assert len(ex_colors) == len(q_colors) == 3 and len(ex_objects) == len(q_objects) == 3
+        assert not set(ex_colors) & set(q_colors), (i, prompt)
+        assert not set(ex_objects) & set(q_objects), (i, prompt)
+        assert ex_answer[3:].lower() in ex_colors and ex_answer[3:].lower() not in q_colors
+        assert tuple(q_colors) == ds.colors[i] and tuple(ex_colors) == ds.example_colors[i]
+    assert not ds.shared_with_example().any()
+    # the check can fail: a prompt set whose example shares a color is caught
+    bad = ds.subset([0, 1])
+    bad.example_colors = [bad.colors[0], bad.example_colors[1]]
+    assert bad.shared_with_example().tolist() == [True, False]
+    # every color still answers (8 colors, 5 left for the query after the example's 3)
+    assert {c for cs in ds.colors for c in cs} == set(COLORS)
+
+
+def test_stage_senders_follow_the_authors_sets():
+    from helpers.cases.circuit_reuse import MEDIUM_ROLES, stage_senders
+
+    assert len(stage_senders(24, 16, "logits")) == 384
+    movers = stage_senders(24, 16, MEDIUM_ROLES.heads("mover"))
+    assert len(movers) == 16 * 16 - 1 and max(L for L, _ in movers) == 15
+    assert not set(movers) & set(MEDIUM_ROLES.heads("mover"))
+    assert (15, 0) in movers and (16, 0) not in movers
+    inhibition = stage_senders(24, 16, MEDIUM_ROLES.heads("inhibition"))
+    assert len(inhibition) == 13 * 16 - 1 and (12, 3) not in inhibition and (12, 4) in inhibition
+    assert stage_senders(4, 2, ["2.1", (3, 0)]) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
+    with pytest.raises(ValueError, match="at least one receiver"):
+        stage_senders(4, 2, [])
+
+
+def test_circuit_stages_passes_the_authors_senders(monkeypatch, cobj):
+    import types
+
+    import helpers.path_patching as pp
+    from helpers.cases.circuit_reuse import MEDIUM_ROLES, circuit_stages, stage_senders
+
+    calls = {}
+
+    def fake(model, clean, corrupt, metric, *, receivers, senders, **kw):
+        calls[str(receivers)[:20]] = (receivers, senders)
+        return torch.zeros(24, 16)
+
+    monkeypatch.setattr(pp, "path_patch", fake)
+    model = types.SimpleNamespace(cfg=types.SimpleNamespace(n_layers=24, n_heads=16))
+    ds = cobj.subset(range(2))
+    circuit_stages(model, ds, ds.counterfactual(), MEDIUM_ROLES)
+    assert len(calls) == 3
+    for receivers, senders in calls.values():
+        assert senders == stage_senders(24, 16, receivers)
+    assert sorted(len(s) for _, s in calls.values()) == [207, 255, 384]
+
+
+def _tiny_reference(model, ds, hooks):
+    from helpers import logits_at_positions
+
+    return logits_at_positions(model, ds.tokens, ds.positions["END"], fwd_hooks=hooks)
+
+
+def test_zero_value_hooks_silence_the_head_everywhere_and_nothing_else(tiny_model, cobj):
+    from helpers.interventions import zero_value_hooks
+
+    ds = cobj.subset(range(3))
+    _, base = _patterns(tiny_model, ds.tokens)
+    names = [hook_name("z", L) for L in (0, 1)]
+    _, plain = capture(tiny_model, ds.tokens, names)
+    _, zeroed = capture(tiny_model, ds.tokens, names, fwd_hooks=zero_value_hooks(tiny_model, ["1.2"]))
+    z0, z1 = plain[hook_name("z", 1)], zeroed[hook_name("z", 1)]
+    assert (z1[:, :, 2] == 0).all() and (z0[:, :, 2] != 0).any()  # every position
+    assert torch.allclose(z1[:, :, [0, 1, 3]], z0[:, :, [0, 1, 3]])  # other heads untouched
+    assert torch.equal(zeroed[hook_name("z", 0)], plain[hook_name("z", 0)])  # earlier layer too
+    with pytest.raises(ValueError, match="does not exist"):
+        zero_value_hooks(tiny_model, ["5.0"])
+
+
+def test_layer_edited_logits_equal_full_runs(tiny_model, monkeypatch):
+    from helpers.interventions import layer_edited_logits, zero_value_hooks
+
+    tokens = torch.randint(100, 5000, (7, 10), generator=torch.Generator().manual_seed(4))
+    query = torch.tensor([9, 9, 6, 7, 9, 6, 8])
+    conditions = {"none": (), "1.2": zero_value_hooks(tiny_model, ["1.2"]),
+                  "0.1+1.3": zero_value_hooks(tiny_model, ["0.1", "1.3"])}
+    from helpers import logits_at_positions
+
+    want = {name: logits_at_positions(tiny_model, tokens, query, fwd_hooks=h) for name, h in conditions.items()}
+    assert (want["1.2"] - want["none"]).abs().max() > 1e-3  # the ablations reach the output
+    got = layer_edited_logits(tiny_model, tokens, query, conditions, batch_size=3)
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-5), name
+    top = layer_edited_logits(tiny_model, tokens, query, conditions, batch_size=4,
+                              reduce=lambda lg, idx: lg.argmax(-1))
+    for name in want:
+        assert torch.equal(top[name], want[name].argmax(-1))
+    # a cached residual that does not reproduce the run: every condition runs in full
+    import helpers._sweeps as sweeps
+
+    real = sweeps._capture
+
+    def spoiled(model, toks, names, until=None):
+        acts = real(model, toks, names, until=until)
+        return {k: (v + 1.0 if "resid_pre" in k else v) for k, v in acts.items()}
+
+    monkeypatch.setattr(sweeps, "_capture", spoiled)
+    fallback = layer_edited_logits(tiny_model, tokens, query, conditions, batch_size=3)
+    for name in ("1.2", "0.1+1.3"):
+        assert torch.allclose(fallback[name], want[name], atol=1e-5), name
+    with pytest.raises(ValueError, match="inside the blocks"):
+        layer_edited_logits(tiny_model, tokens, query, {"x": [(hook_name("embed"), lambda t, hook: t)]})
+
+
+def test_condition_results_match_full_runs_and_count_new_mistakes(tiny_model, cobj):
+    from helpers.cases.circuit_reuse import (accuracy_table, condition_results, placebo_color_rows,
+                                             repair_conditions)
+    from helpers import Circuit
+
+    ds = cobj.subset(range(8))
+    roles = Circuit.from_labels("tiny", {"inhibition": ("1.0",), "negative mover": ("1.3",),
+                                         "content gatherer": ("0.2",), "mover": ("1.1",)}, "END", "test")
+    conditions = repair_conditions(tiny_model, ds, random_sets=[[(0, 1)]], roles=roles)
+    assert list(conditions) == ["vanilla", "inhibition only", "negative mover only", "both", "placebo",
+                                "random heads 0", "gatherers knocked out"]
+    res = condition_results(tiny_model, ds, conditions, movers=[(1, 1)], batch_size=3,
+                            choices=ds.color_tokens)
+    end = ds.positions["END"]
+    wrong, third = wrong_color_rows(ds), placebo_color_rows(ds)
+    assert torch.allclose(third.sum(1), torch.ones(8)) and (third[:, list(COLOR_POSITIONS)] == 1 / 3).all()
+    refs = {"vanilla": [], "both": attention_edit_hooks(tiny_model, ["1.0", "1.3"], end, rows=wrong),
+            "placebo": attention_edit_hooks(tiny_model, ["1.0", "1.3"], end, rows=third),
+            "gatherers knocked out": attention_edit_hooks(tiny_model, ["0.2"], end,
+                                                          block=ds.question_mask())}
+    for name, hooks in refs.items():
+        logits = _tiny_reference(tiny_model, ds, hooks)
+        assert torch.equal(res[name]["correct"], (logits.argmax(-1) == ds.answers).float()), name
+    _, acts = capture(tiny_model, ds.tokens, [hook_name("pattern", 1)])
+    seen = acts[hook_name("pattern", 1)][torch.arange(8), 1, end][:, list(COLOR_POSITIONS)]
+    asked = torch.nn.functional.one_hot(ds.asked, 3).bool()
+    assert torch.allclose(res["vanilla"]["right color"], seen[asked], atol=1e-6)
+    assert torch.allclose(res["vanilla"]["each wrong color"], seen[~asked].view(8, 2).mean(-1), atol=1e-6)
+    # every-position conditions: the authors' ablation, checked against full runs
+    from helpers.cases.circuit_reuse import ablation_conditions
+    from helpers.interventions import zero_value_hooks
+
+    abl = condition_results(tiny_model, ds, ablation_conditions(tiny_model, roles=roles), every_position=True)
+    logits = _tiny_reference(tiny_model, ds, zero_value_hooks(tiny_model, ["0.2"]))
+    assert torch.equal(abl["content gatherers"]["correct"], (logits.argmax(-1) == ds.answers).float())
+    with pytest.raises(ValueError, match="END only"):
+        condition_results(tiny_model, ds, {}, movers=[(1, 1)], every_position=True)
+    # the table counts new mistakes and fixes prompt by prompt
+    made = {"vanilla": {"correct": torch.tensor([1.0, 1, 0, 0, 1])},
+            "edit": {"correct": torch.tensor([1.0, 0, 1, 1, 1])}}
+    t = accuracy_table(made, paper={"vanilla": 0.5})
+    assert t.loc["edit", "new mistakes"] == 1 and t.loc["edit", "fixed"] == 2
+    assert t.loc["edit", "accuracy"] == pytest.approx(0.8)
+    assert t.loc["edit", "SE"] == pytest.approx((0.8 * 0.2 / 5) ** 0.5)
+    assert t.loc["vanilla", "new mistakes"] == 0 and t.loc["vanilla", "paper"] == 0.5
+    with pytest.raises(ValueError, match="baseline"):
+        accuracy_table(made, baseline="none")
+
+
+def test_random_heads_are_layer_matched_seeded_and_avoid_the_excluded():
+    from helpers.cases.circuit_reuse import MEDIUM_ROLES, random_heads
+
+    named = MEDIUM_ROLES.heads()
+    draws = random_heads(24, 16, 4, 50, layers=[12, 13, 13, 19], exclude=named, seed=1)
+    assert draws == random_heads(24, 16, 4, 50, layers=[12, 13, 13, 19], exclude=named, seed=1)
+    for d in draws:
+        assert [L for L, _ in d] == [12, 13, 13, 19] and len(set(d)) == 4
+        assert not set(d) & set(named)
+    assert len({tuple(d) for d in draws}) > 40
+    anywhere = random_heads(24, 16, 3, 20, seed=0)
+    assert len({L for d in anywhere for L, _ in d}) > 5
+    with pytest.raises(ValueError, match="one layer per head"):
+        random_heads(24, 16, 3, 1, layers=[11, 12])
+    with pytest.raises(ValueError, match="no head left"):
+        random_heads(2, 1, 2, 1, layers=[0, 0])
+
+
+def _measured_card_inputs():
+    g = torch.Generator().manual_seed(0)
+
+    def hits(p, n):
+        return (torch.rand(n, generator=g) < p).float()
+
+    attn = {"right color": torch.rand(500, generator=g), "each wrong color": torch.rand(500, generator=g)}
+    repair = {"vanilla": {"correct": hits(0.5, 500), **attn},
+              "both": {"correct": hits(0.93, 500), **attn},
+              "inhibition only": {"correct": hits(0.8, 500)}, "negative mover only": {"correct": hits(0.78, 500)},
+              "placebo": {"correct": hits(0.5, 500)}, "random heads 0": {"correct": hits(0.5, 500)}}
+    ablation = {"vanilla": {"correct": hits(0.5, 200)}, "content gatherers": {"correct": hits(0.33, 200)},
+                "random heads 0": {"correct": hits(0.5, 200)}}
+    every = [f"{L}.{h}" for L in range(24) for h in range(16)]
+    first = ["19.1", "15.14", "16.15", "17.4", "18.5", "19.15"]
+    logits_rank = first + [h for h in every if h not in first]
+    q = [f"{L}.{h}" for L in range(16) for h in range(16) if f"{L}.{h}" != "15.14"]
+    queries_rank = ["12.3", "13.4", "13.13"] + [h for h in q if h not in ("12.3", "13.4", "13.13")]
+    ioi = ["19.1", "15.14", "16.15", "17.4", "18.5", "12.3", "13.4"]
+    return dict(prompt_tokens=62, shared_with_example=0,
+                senders={"logits": 384, "movers' queries": 255, "inhibition heads' values": 207},
+                ioi_rankings={"logits": logits_rank, "movers' queries": queries_rank},
+                repair=repair, ablation=ablation,
+                circuits={"IOI": ioi, "Colored Objects": ioi[1:] + ["11.6"]},
+                control={"IOI": ioi, "Colored Objects": ioi[1:], "capitals": ["1.1", "19.1"]},
+                per_stage_8=(20, 24))
+
+
+def test_scorecard_rows_fail_at_their_nulls_and_secondary_numbers_are_not_graded():
+    from helpers.cases.circuit_reuse import build_scorecard
+    from helpers.scorecard import DIFFERS, FOR_COMPARISON, HOLDS, NOT_APPLICABLE, NOT_RUN
+
+    card = build_scorecard(False, _measured_card_inputs())
+    graded = [r for r in card.rows if r.role == "graded"]
+    assert len(graded) == 10
+    assert all(v in (HOLDS, FOR_COMPARISON) for v in card.verdicts())  # a run like the paper's
+    null = card.null_run()
+    assert all(v == DIFFERS for r, v in zip(null.rows, null.verdicts()) if r.role == "graded")
+    info = {r.reference.value for r in card.rows if r.role == "info"}
+    assert {0.815, 0.781, -8.7, 2.7, 0, 0.35, 0.499, 0.25} <= info
+    assert all(r.reference.confidence != "secondary source" for r in card.rows
+               if r.role == "graded" and r.criterion["kind"] == "band")
+    # a wrong data fact is caught; on the stand-in graded rows are n/a, data checks still judged
+    bad = dict(_measured_card_inputs(), shared_with_example=3)
+    stand_in = build_scorecard(True, bad)
+    verdicts = dict(zip([r.quantity for r in stand_in.rows], stand_in.verdicts()))
+    assert verdicts["queries sharing a color or object with the example"] == DIFFERS
+    assert all(v == NOT_APPLICABLE for r, v in zip(stand_in.rows, stand_in.verdicts()) if r.role == "graded")
+    # nothing measured (a smoke build): not run, never a failure
+    empty = build_scorecard(False, {})
+    assert all(v in (NOT_RUN, FOR_COMPARISON) for v in empty.verdicts())

@@ -117,9 +117,11 @@ def _kept(logits: torch.Tensor, idx: torch.Tensor, reduce: Reduce | None) -> tor
 
 
 def zero_value_hooks(model, heads: Iterable[str | Head]) -> list:
-    """``hook_v`` hooks setting the chosen heads' values to 0 at every position (bias
-    included): each head then writes nothing anywhere, the ablation Merullo et al.'s script
-    applies to the content gatherers. The other heads of the layer are untouched."""
+    """``hook_v`` hooks setting the chosen heads' values to 0 at every position: the
+    ablation Merullo et al.'s script applies to the content gatherers. Each head's attention
+    output is then 0 everywhere; its value bias, which compatibility mode folds into the
+    layer's ``b_O`` (as the authors' TransformerLens ``from_pretrained`` does by default),
+    still reaches the residual stream, as in their run. Other heads are untouched."""
     by_layer: dict[int, list[int]] = {}
     for head in heads:
         L, h = parse_head(head)

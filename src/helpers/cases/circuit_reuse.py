@@ -59,6 +59,8 @@ __all__ = [
     "accuracy_table",
     "placebo_color_rows",
     "random_heads",
+    "repair_conditions",
+    "ablation_conditions",
     "top_changes",
     "stage_overlap",
     "role_overlap",
@@ -120,6 +122,15 @@ class ColoredObjects(PromptSet):
         start = self.positions["Q_START"][:, None]
         stop = self.positions["Q_OBJ"][:, None] + 1  # the "?"
         return (pos >= start) & (pos <= stop)
+
+    def shared_with_example(self) -> torch.Tensor:
+        """``[n]`` bool: the query shares a color or an object with the solved example (never
+        in the authors' data, nor in :func:`make_colored_objects`' prompts)."""
+        if not self.example_colors:
+            raise ValueError("these prompts do not record their example's lists")
+        return torch.tensor([bool(set(c) & set(ec)) or bool(set(o) & set(eo)) for c, o, ec, eo
+                             in zip(self.colors, self.objects, self.example_colors,
+                                    self.example_objects)])
 
     def counterfactual(self) -> ColoredObjects:
         """The mindiff twin: the same prompts asking about object ``counter`` instead."""
@@ -547,6 +558,60 @@ def placebo_color_rows(ds: ColoredObjects) -> torch.Tensor:
     rows = torch.zeros(len(ds), ds.max_len)
     rows[:, list(COLOR_POSITIONS)] = 1 / 3
     return rows
+
+
+def repair_conditions(model, ds: ColoredObjects, *, random_sets=(),
+                      roles: Circuit | None = None) -> dict[str, Any]:
+    """The chapter's edits at END, as :func:`condition_results` conditions (functions of a
+    batch's prompt indices): "vanilla"; the repair (½ on each wrong color,
+    :func:`wrong_color_rows`) on the "inhibition only", "negative mover only" and "both"
+    head sets; "placebo" (both sets, ⅓ on each color, :func:`placebo_color_rows`);
+    "random heads i" (the repair on each of ``random_sets``); and "gatherers knocked out"
+    (the content gatherers' attention from END to the question blocked: the book's first
+    version of the ablation, kept for comparison)."""
+    from ..interventions import attention_edit_hooks
+
+    roles = roles or MEDIUM_ROLES
+    end = ds.positions["END"]
+    wrong, placebo, question = wrong_color_rows(ds), placebo_color_rows(ds), ds.question_mask()
+
+    def edit(heads, rows=None, block=None):
+        def hooks(idx):
+            return attention_edit_hooks(model, heads, end[idx],
+                                        rows=None if rows is None else rows[idx],
+                                        block=None if block is None else block[idx])
+
+        return hooks
+
+    inhibition, negative = roles.heads("inhibition"), roles.heads("negative mover")
+    conditions: dict[str, Any] = {
+        "vanilla": (),
+        "inhibition only": edit(inhibition, wrong),
+        "negative mover only": edit(negative, wrong),
+        "both": edit(inhibition + negative, wrong),
+        "placebo": edit(inhibition + negative, placebo),
+    }
+    for i, heads in enumerate(random_sets):
+        conditions[f"random heads {i}"] = edit(list(heads), wrong)
+    conditions["gatherers knocked out"] = edit(roles.heads("content gatherer"), block=question)
+    return conditions
+
+
+def ablation_conditions(model, *, random_sets=(), roles: Circuit | None = None) -> dict[str, Any]:
+    """The authors' content-gatherer ablation as :func:`condition_results` conditions (with
+    ``every_position=True``): "vanilla", "content gatherers" (their values zero-ablated at
+    every position, :func:`helpers.interventions.zero_value_hooks`) and "random heads i"
+    (the same on each of ``random_sets``)."""
+    from ..interventions import zero_value_hooks
+
+    roles = roles or MEDIUM_ROLES
+    conditions: dict[str, Any] = {
+        "vanilla": (),
+        "content gatherers": zero_value_hooks(model, roles.heads("content gatherer")),
+    }
+    for i, heads in enumerate(random_sets):
+        conditions[f"random heads {i}"] = zero_value_hooks(model, list(heads))
+    return conditions
 
 
 def random_heads(n_layers: int, n_heads: int, count: int, draws: int, *, layers=None,
