@@ -1,21 +1,25 @@
-"""Colab's install path: a fresh virtual environment, the package installed from the repository
-folder with the version ranges of ``pyproject.toml``, and the tour run in it at smoke size.
+"""Colab's install path: the package installed OVER Colab's preinstalled packages, as the
+set-up cell's ``%pip install`` does, and the tour run at smoke size in that environment.
 
-On Colab the set-up cell runs ``pip install "circuit-casebook @ git+<repository>"`` in an
-environment that already has torch. Here: a new venv without system site-packages; torch
-first, the version this environment has (Colab's "own" torch; pip takes it from its cache or
-the machine's local wheels, no download); then the package from a copy of the repository's
-tracked files, not editable (so a module or data file missing from the package shows), with
-every other dependency resolved from its range; torch must stay as it was. Then the tour runs
-with papermill on that venv's kernel, offline, on the stand-in. This catches a range that no
-longer resolves and a file missing from the package before a learner does.
+``tests/colab-preinstalled.txt`` lists what Colab's GPU runtime has installed (dated, with
+its source). The install test makes a fresh virtual environment, installs that list first
+(this machine's torch instead of Colab's CUDA build, plus papermill to run the notebook),
+then the package from a copy of the repository's tracked files, not editable (so a module or
+data file missing from the package shows), letting pip resolve the ranges of
+``pyproject.toml`` against what is there. It fails if the install replaces torch or a
+package Colab's own kernel runs on (IPython, ipykernel, jupyter_client, tornado, traitlets,
+pyzmq), prints every other package it replaced (on Colab the set-up cell restarts the session
+if one of those was already imported), then runs the tour with papermill on that
+environment's kernel, offline, on the stand-in.
 
-It needs PyPI (or pip's cache) and takes a few minutes: ``CASEBOOK_SKIP_COLAB_INSTALL=1``
-skips it on a developer's machine (never under CI).
+It needs the package index (or pip's cache) and takes a few minutes:
+``CASEBOOK_SKIP_COLAB_INSTALL=1`` skips it on a developer's machine (never under CI). The
+static checks of the list run always.
 """
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +59,58 @@ def _run(command, timings: dict, step: str, **kwargs) -> subprocess.CompletedPro
     return result
 
 
+COLAB_LIST = ROOT / "tests" / "colab-preinstalled.txt"
+#: What Colab's kernel itself runs on: the book's install must never replace these.
+KERNEL_PACKAGES = ("ipython", "ipykernel", "jupyter-client", "tornado", "traitlets", "pyzmq")
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def colab_preinstalled() -> dict[str, str]:
+    """``{distribution: version}`` from tests/colab-preinstalled.txt."""
+    pins = {}
+    for line in COLAB_LIST.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[_norm(name)] = version.strip()
+    return pins
+
+
+def _requirements():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return {_norm(Requirement(r).name): Requirement(r) for r in data["project"]["dependencies"]}
+
+
+def test_the_colab_list_is_dated_and_names_what_the_book_needs():
+    text = COLAB_LIST.read_text()
+    assert re.search(r"^# date: \d{4}-\d{2}-\d{2}$", text, flags=re.M) and "# source:" in text
+    pins = colab_preinstalled()
+    assert {"torch", "transformers", "numpy", "pandas"} <= set(pins)
+    assert set(KERNEL_PACKAGES) <= set(pins)
+
+
+def test_colabs_torch_and_kernel_satisfy_the_package_ranges():
+    """pip keeps what satisfies a range: Colab's torch and its kernel's IPython must."""
+    pins, requirements = colab_preinstalled(), _requirements()
+    for name in ("torch", *KERNEL_PACKAGES):
+        if name in requirements:
+            assert requirements[name].specifier.contains(pins[name], prereleases=True), (
+                f"pyproject.toml's {requirements[name]} would replace Colab's {name} {pins[name]}")
+
+
+def _freeze(python: str, env: dict, cwd) -> dict[str, str]:
+    out = subprocess.run([python, "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
+                         env=env, cwd=cwd, check=True).stdout
+    return {_norm(p["name"]): p["version"] for p in json.loads(out)}
+
+
 @pytest.mark.colab_install
 def test_colab_install_path_runs_the_tour(tmp_path):
     if os.environ.get("CASEBOOK_SKIP_COLAB_INSTALL") and os.environ.get("CI", "").lower() not in ("true", "1"):
@@ -72,11 +128,21 @@ def test_colab_install_path_runs_the_tour(tmp_path):
     pip = [python, "-m", "pip", "install", "--quiet"]
 
     _run([sys.executable, "-m", "venv", str(venv)], timings, "venv", env=env)
-    _run(pip + [f"torch=={torch.__version__}"], timings, "torch (Colab's own)", env=env, cwd=tmp_path)
-    # With what Colab has besides (a Jupyter kernel) and papermill, which runs the notebook as
-    # the book build does; one resolution for all.
-    _run(pip + [str(source), "ipykernel", "papermill"], timings, "package with pyproject ranges",
+    local_torch = torch.__version__.split("+")[0]
+    colab = [f"{name}=={version}" for name, version in colab_preinstalled().items() if name != "torch"]
+    # Colab's preinstalled packages (this machine's torch for Colab's CUDA one), and papermill,
+    # which runs the notebook as the book build does.
+    _run(pip + [f"torch=={local_torch}", *colab, "papermill"], timings, "Colab's preinstalled packages",
          env=env, cwd=tmp_path)
+    before = _freeze(python, env, tmp_path)
+    # What the set-up cell's %pip does, from the repository folder instead of the release tag.
+    _run(pip + [str(source)], timings, "the book's package over them", env=env, cwd=tmp_path)
+    after = _freeze(python, env, tmp_path)
+    replaced = {n: (v, after.get(n)) for n, v in before.items() if after.get(n) != v}
+    print("installing the book replaced:", json.dumps(replaced) if replaced else "nothing")
+    assert "torch" not in replaced, "installing the package replaced torch (Colab's own)"
+    kernel = {n: replaced[n] for n in KERNEL_PACKAGES if n in replaced}
+    assert not kernel, f"installing the package replaced what Colab's kernel runs on: {kernel}"
     _run([python, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"], timings, "kernelspec",
          env=env, cwd=tmp_path)
 
@@ -84,7 +150,7 @@ def test_colab_install_path_runs_the_tour(tmp_path):
                   "[torch.__version__, helpers.__file__, str(m.__file__)]))"],
                  timings, "import", env=env, cwd=tmp_path)
     venv_torch, helpers_file, _ = json.loads(probe.stdout.strip().splitlines()[-1])
-    assert venv_torch == torch.__version__, "installing the package replaced torch (Colab's own)"
+    assert venv_torch.split("+")[0] == local_torch
     assert Path(helpers_file).resolve().is_relative_to(venv.resolve()), helpers_file  # not the repo's src/
 
     nb = nbformat.read(TOUR, as_version=4)
