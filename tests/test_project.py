@@ -96,21 +96,24 @@ def test_an_installed_package_reads_the_home_from_its_metadata(tmp_path):
     assert (installed.REPOSITORY_URL, installed.VERSION) == (project.REPOSITORY_URL, project.VERSION)
 
 
-def _run_setup_cell_as_on_colab(tmp_path, installed_after: str | None, pip_says: str):
+def _run_setup_cell_as_on_colab(tmp_path, installed_after: str | None, pip_says: str, replaces: str = ""):
     """The set-up cell in an IPython shell that believes it is Colab; %pip is a stand-in that
     prints ``pip_says`` and leaves ``circuit-casebook`` at ``installed_after``."""
     script = textwrap.dedent(f'''
         import sys, types
+        import numpy
         from importlib import metadata
         from IPython.core.interactiveshell import InteractiveShell
         sys.modules["google.colab"] = types.ModuleType("google.colab")
-        state = {{"version": None, "pip": []}}
+        state = {{"version": None, "pip": [], "replaced": False}}
         real_version = metadata.version
         def version(name):
             if name == "circuit-casebook":
                 if state["version"] is None:
                     raise metadata.PackageNotFoundError(name)
                 return state["version"]
+            if name == {replaces!r} and state["replaced"]:
+                return "0.0.0-replaced"
             return real_version(name)
         metadata.version = version
         shell = InteractiveShell.instance()
@@ -118,6 +121,7 @@ def _run_setup_cell_as_on_colab(tmp_path, installed_after: str | None, pip_says:
             state["pip"].append(line)
             print({pip_says!r})
             state["version"] = {installed_after!r}
+            state["replaced"] = True
         shell.register_magic_function(pip, "line", "pip")
         cell = {project.setup_cell_source()!r}
         result = shell.run_cell(cell)
@@ -140,3 +144,10 @@ def test_the_setup_cell_installs_once_without_a_restart_when_nothing_was_replace
     out = _run_setup_cell_as_on_colab(tmp_path, project.VERSION, "Successfully installed (fake pip)")
     assert "PIP-CALLS ['install" in out.stdout and "ERROR NoneType" in out.stdout, out.stdout + out.stderr
     assert "restarting" not in out.stdout
+
+
+def test_the_setup_cell_restarts_only_when_pip_replaced_an_imported_package(tmp_path):
+    out = _run_setup_cell_as_on_colab(tmp_path, project.VERSION, "Successfully installed (fake pip)",
+                                      replaces="numpy")
+    assert out.returncode == -9, out.stdout + out.stderr  # the kernel ends: Colab restarts it
+    assert "restarting the session once" in out.stdout

@@ -107,7 +107,8 @@ def setup_cell_source() -> str:
     On Colab: if this package at :data:`VERSION` is not installed yet, ``%pip install`` it
     from the release tag (pip's own output, errors included, shows in the cell; a failure
     stops the cell with that pointer); restart the session only if the install replaced a
-    package that was already imported. Elsewhere it installs nothing.
+    package the session had already imported (any of them, found through
+    ``importlib.metadata.packages_distributions``). Elsewhere it installs nothing.
     ``scripts/sync_setup_cells.py`` writes it into the notebooks; a test checks they match.
     """
     return f'''# Set-up (hidden in the book). On Colab this installs the book's helpers,
@@ -126,8 +127,9 @@ if "google.colab" in sys.modules:
             return None
 
     if _installed("{DISTRIBUTION}") != "{VERSION}":
-        _names = ("numpy", "pandas", "transformers", "torch")
-        _loaded = {{n: _installed(n) for n in _names if n in sys.modules}}
+        _dists = metadata.packages_distributions()  # import name -> packages
+        _loaded = {{d: _installed(d) for m in list(sys.modules) if "." not in m
+                   for d in _dists.get(m, [])}}
         _url = "{_wrapped_url()}"
         %pip install "{DISTRIBUTION} @ {{_url}}"
         if _installed("{DISTRIBUTION}") != "{VERSION}":
