@@ -25,6 +25,7 @@ TINY = ModelSpec("tiny-gpt2", "openai-community/gpt2", n_layers=2, n_heads=4, d_
 
 #: Where the smoke book's timings are copied for `.ci/run` to print against the budgets.
 SMOKE_TIMINGS = ROOT / "_build" / "test-smoke-timings.json"
+_SMOKE_BUILT: list = []  # set once this session has built the smoke book
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +46,7 @@ def smoke_book(tmp_path_factory):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     SMOKE_TIMINGS.parent.mkdir(exist_ok=True)
     shutil.copy(out / "timings.json", SMOKE_TIMINGS)
+    _SMOKE_BUILT.append(out)
     return out, result.stdout
 
 
@@ -68,3 +70,21 @@ def tiny_model():
 @pytest.fixture
 def torch_seeded():
     torch.manual_seed(1234)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After a run that built the smoke book: each chapter's time against its target,
+    reported, not asserted (``scripts/bench_notebooks.py --report``)."""
+    import json
+
+    if not _SMOKE_BUILT:
+        return
+    data = json.loads(SMOKE_TIMINGS.read_text())
+    terminalreporter.section("chapter runtimes at smoke size vs their targets (not asserted)")
+    import nbformat
+
+    for stem, timing in data["notebooks"].items():
+        path = ROOT / "notebooks" / f"{stem}.ipynb"
+        target = nbformat.read(path, as_version=4).metadata.get("casebook", {}).get("runtime_budget_seconds", 60)
+        verdict = "MET" if timing["seconds"] <= target else "NOT MET"
+        terminalreporter.write_line(f"{stem:<22}{timing['seconds']:>8.1f} s  target {target:>4} s  {verdict}")
