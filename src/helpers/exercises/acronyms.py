@@ -1,32 +1,110 @@
 """Checks for the acronyms chapter's exercises (``notebooks/02_acronyms.ipynb``).
 
-Small seeded tensors laid out like the chapter's prompts (11 tokens, capitals C1..C3 at
-columns 2, 4, 6, letters predicted at columns 8, 9, 10), no model: each check runs in
-milliseconds.
+Method checks (on the chapter's prompts, :func:`helpers.cases.acronyms.make_acronym_dataset`,
+and the notebook's model, compared with the toolkit): :func:`check_letter_corruption`
+(the per-letter "current word" corruption vs :meth:`AcronymDataset.corrupt`) and
+:func:`check_add_back` (the add-back curve vs
+:meth:`helpers.ablation.CircuitEvaluator.add_back`). Short checks (seeded tensors laid out
+like the chapter's prompts: 11 tokens, capitals C1..C3 at columns 2, 4, 6, letters predicted
+at columns 8, 9, 10; stored answers): :func:`check_letter_logit_diff`,
+:func:`check_mover_attention`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..metrics import logit_diff_vs_rivals
-from . import CheckResult, random_attention, run_check
+from ..ablation import CircuitEvaluator, head_means
+from . import Case, CheckResult, check_on_model, random_attention, run_check, stored_answers
 
-__all__ = ["check_letter_logit_diff", "check_mover_attention", "reference_letter_logit_diff",
-           "reference_mover_attention"]
+__all__ = ["check_add_back", "check_letter_corruption", "check_letter_logit_diff", "check_mover_attention",
+           "exercise_prompts"]
 
 CAPITALS = (2, 4, 6)  # C1, C2, C3
 PREDICTS = (8, 9, 10)  # the positions whose next token is letter 1, 2, 3
 _LETTERS = torch.arange(32, 58)  # GPT-2's ids of "A".."Z" (no leading space)
 
 
-def reference_letter_logit_diff(logits, answers, letter_ids):
-    """``[n, 3]``: per letter, logit(answer) − the largest logit among the other letters.
+def exercise_prompts(n_prompts: int = 6, *, seed: int = 3):
+    """The chapter's acronym prompts (an :class:`~helpers.cases.acronyms.AcronymDataset`)."""
+    from ..cases.acronyms import make_acronym_dataset
 
-    ``logits`` ``[n, 3, d_vocab]`` (the three prediction positions), ``answers`` ``[n, 3]``,
-    ``letter_ids`` ``[26]``."""
-    return torch.stack([logit_diff_vs_rivals(logits[:, i], answers[:, i], letter_ids, mean=False)
-                        for i in range(3)], dim=1)
+    return make_acronym_dataset(n_prompts, seed=seed)
+
+
+def check_letter_corruption(fn, *, quiet: bool = False) -> CheckResult:
+    """``fn(clean [n, 11], base [n, 11], letter) -> [n, 11]``: the clean prompts with the
+    current word of ``letter`` (its capital Ci and the rest of the word Ti) taken from the
+    ``base`` prompts (the chapter's permuted batch); compared with
+    ``AcronymDataset.corrupt("current word", letter)``."""
+    ds = exercise_prompts()
+    base = ds.corrupted_base(seed=1)
+
+    def columns(cols):
+        out = ds.tokens.clone()
+        out[:, cols] = base[:, cols]
+        return out
+
+    cases = []
+    for letter in (1, 2, 3):
+        c = CAPITALS[letter - 1]
+        mistakes = {
+            "you replaced only the capital Ci; the current word is Ci and the rest of the "
+            "word Ti (two columns)": lambda c=c: columns([c]),
+            "you replaced the previous words; this corruption changes the current word only":
+                lambda c=c: columns(list(range(c))),
+            "you replaced another letter's word (off by one in the letter: C1 is column 2)":
+                lambda c=c: columns([c + 2, c + 3] if c + 3 < 8 else [c - 2, c - 1]),
+        }
+        cases.append(Case(f"letter {letter}", (ds.tokens, base, letter),
+                          lambda letter=letter: ds.corrupt("current word", letter, seed=1), mistakes,
+                          names=("clean", "base", "letter")))
+    return check_on_model("per-letter corruption", fn, cases, atol=0.0, rtol=0.0, quiet=quiet)
+
+
+def _order(model) -> list[tuple[int, int]]:
+    from ..cases.acronyms import ADD_BACK_ORDER
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    order = [tuple(h) for h in ADD_BACK_ORDER if h[0] < L and h[1] < H]
+    return order[:4] if len(order) >= 4 else [(L - 1, 0), (L - 1, H - 1), (0, 0)]
+
+
+@torch.no_grad()
+def check_add_back(model, fn, *, letter: int = 3, quiet: bool = False) -> CheckResult:
+    """``fn(model, tokens [n, 11], metric, means, order) -> [len(order) + 1]``: the letter's
+    metric with every head mean-ablated (``means`` from :func:`helpers.ablation.head_means`),
+    then with the first 1, 2, ... heads of ``order`` kept (added back, at every position);
+    compared with ``CircuitEvaluator(..., {h: None for h in order}).add_back(order)``."""
+    from ..cases.acronyms import letter_metric
+
+    ds = exercise_prompts(4, seed=5)
+    dev = model.cfg.device
+    tokens = ds.tokens.to(dev)
+    metric = letter_metric(ds, letter)
+    means = head_means(model, ds.corrupted_base(seed=2))
+    order = _order(model)
+    circuit = {h: None for h in order}
+
+    def curve(m=means):
+        return torch.tensor(CircuitEvaluator(model, tokens, metric, m, circuit).add_back(order))
+
+    case = Case(
+        f"letter {letter}, {len(order)} heads added back", (model, tokens, metric, means, order),
+        curve,
+        {
+            "you ablated the heads to zero; mean ablation replaces z by `means`":
+                lambda: curve(torch.zeros_like(means)),
+            "the curve runs backwards: the first value has every head ablated, the last keeps "
+            "all of `order`": lambda: curve().flip(0),
+        },
+        names=("model", "tokens", "metric", "means", "order"),
+        baseline=lambda: torch.full((len(order) + 1,), float(metric(model(tokens)))),
+    )
+    return check_on_model("add-back curve", fn, [case], quiet=quiet)
+
+
+# ---------------------------------------------------------------- short checks (seeded tensors)
 
 
 def _letter_cases():
@@ -45,30 +123,9 @@ def _letter_cases():
 
 def check_letter_logit_diff(fn) -> CheckResult:
     """``fn(logits [n, 3, d_vocab], answers [n, 3], letter_ids [26]) -> [n, 3]``."""
-
-    def with_answer(lg, a, ids):
-        return lg.gather(2, a[..., None])[..., 0] - lg[:, :, ids].max(-1).values
-
-    def whole_vocab(lg, a, ids):
-        others = lg.scatter(2, a[..., None], float("-inf"))
-        return lg.gather(2, a[..., None])[..., 0] - others.max(-1).values
-
-    return run_check(
-        "letter logit difference", fn, reference_letter_logit_diff, _letter_cases(),
-        known_mistakes={
-            "the maximum includes the answer itself: leave the answer out of the rivals "
-            "(else the value is never above 0)": with_answer,
-            "you took the largest logit over the whole vocabulary; the rivals are the 26 "
-            "capital letters only": whole_vocab,
-        },
-        sign_hint="The answer's logit comes first.",
-    )
-
-
-def reference_mover_attention(pattern):
-    """``[n_heads, 3]``: mean over prompts of the attention from the position predicting
-    letter i to the capital Ci. ``pattern``: ``[n, n_heads, 11 (query), 11 (key)]``."""
-    return torch.stack([pattern[:, :, q, k].mean(0) for q, k in zip(PREDICTS, CAPITALS)], dim=1)
+    return run_check("letter logit difference", fn, None, _letter_cases(),
+                     answers=stored_answers("letter logit difference"),
+                     names=("logits", "answers", "letter_ids"), sign_hint="The answer's logit comes first.")
 
 
 def _attention_cases():
@@ -79,24 +136,11 @@ def _attention_cases():
 
 def check_mover_attention(fn) -> CheckResult:
     """``fn(pattern [n, n_heads, query, key]) -> [n_heads, 3]``."""
+    return run_check("mover attention", fn, None, _attention_cases(),
+                     answers=stored_answers("mover attention"), names=("pattern",))
 
-    def swapped(p):
-        return torch.stack([p[:, :, k, q].mean(0) for q, k in zip(PREDICTS, CAPITALS)], dim=1)
 
-    def rest_of_word(p):
-        return torch.stack([p[:, :, q, k + 1].mean(0) for q, k in zip(PREDICTS, CAPITALS)], dim=1)
+def __getattr__(name: str):  # transitional: see helpers.exercises._teacher_reference
+    from . import _teacher_reference
 
-    def letter_position(p):
-        return torch.stack([p[:, :, q - 1, k].mean(0) for q, k in zip(PREDICTS, CAPITALS)], dim=1)
-
-    return run_check(
-        "mover attention", fn, reference_mover_attention, _attention_cases(),
-        known_mistakes={
-            "query and key are swapped: the pattern is indexed [..., query, key], and the "
-            "query is the prediction position": swapped,
-            "you read the attention to Ti (the rest of the word); the mover looks at the "
-            "capital Ci": rest_of_word,
-            "off by one in the query: letter i is predicted one position before it appears "
-            "(letter 1 at '(', column 8)": letter_position,
-        },
-    )
+    return _teacher_reference(__name__, name)

@@ -1,25 +1,132 @@
 """Checks for the circuit-reuse chapter's exercises (``notebooks/05_circuit_reuse.ipynb``).
 
-Small seeded tensors, no model: each check runs in milliseconds.
+Method checks (on the notebook's model and a few Colored Objects prompts, compared with the
+toolkit's :func:`helpers.interventions.attention_edit_hooks`): :func:`check_edit_at_end`
+(the repair: new attention rows at END) and :func:`check_block_at_end` (blocking keys at END,
+the row renormalised). Short checks (seeded tensors, stored answers):
+:func:`check_wrong_color_rows`, :func:`check_block_keys`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import CheckResult, random_attention, run_check
+from ..hooks import hook_name, logits_at_positions
+from ..interventions import attention_edit_hooks
+from . import Case, CheckResult, check_on_model, random_attention, run_check, stored_answers
 
-__all__ = ["check_block_keys", "check_wrong_color_rows", "reference_block_keys", "reference_wrong_color_rows"]
+__all__ = ["check_block_at_end", "check_block_keys", "check_edit_at_end", "check_wrong_color_rows",
+           "exercise_prompts"]
 
 
-def reference_wrong_color_rows(asked, seq, color_positions):
-    """``[n, seq]``: ½ on each of the two listed colors that were *not* asked about, 0
-    elsewhere. ``asked`` ``[n]``: which of the three colors (0, 1, 2) is the answer;
-    ``color_positions``: the three colors' positions."""
-    rows = torch.zeros(len(asked), seq)
-    for j, pos in enumerate(color_positions):
-        rows[:, pos] = (asked != j).float() * 0.5
-    return rows
+def exercise_prompts(n_prompts: int = 3, *, seed: int = 5):
+    """``(tokens [n, seq], end [n], rows [n, seq], block [n, seq])``: Colored Objects
+    prompts, their END positions, the repair's rows (½ on each wrong color,
+    :func:`helpers.cases.circuit_reuse.wrong_color_rows`) and a mask of the three colors."""
+    from ..cases.circuit_reuse import COLOR_POSITIONS, make_colored_objects, wrong_color_rows
+
+    ds = make_colored_objects(n_prompts, seed=seed)
+    block = torch.zeros(len(ds), ds.max_len, dtype=torch.bool)
+    block[:, list(COLOR_POSITIONS)] = True
+    return ds.tokens.clone(), ds.positions["END"].clone(), wrong_color_rows(ds), block
+
+
+def _heads(model) -> list[tuple[int, int]]:
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    return [(2 * L // 3, 0), (2 * L // 3, H - 1), (L - 2, 1)]
+
+
+def _run(model, tokens, end, hooks):
+    return logits_at_positions(model, tokens.to(model.cfg.device), end, fwd_hooks=hooks).float().cpu()
+
+
+def _pattern_edit(model, heads, end, value_fn, site="pattern", every_query=False):
+    """Hooks that write ``value_fn(row, b)`` into each head's row at END (or every row)."""
+    by_layer: dict[int, list[int]] = {}
+    for L, h in heads:
+        by_layer.setdefault(L, []).append(h)
+    hooks = []
+    for L, hs in by_layer.items():
+        def edit(t, hook, _hs=hs):
+            t = t.clone()
+            b = torch.arange(t.shape[0], device=t.device)
+            for h in _hs:
+                if every_query:
+                    for q in range(t.shape[-2]):
+                        t[b, h, q] = value_fn(t[b, h, q], b, q)
+                else:
+                    q = end.to(t.device)
+                    t[b, h, q] = value_fn(t[b, h, q], b, q)
+            return t
+        hooks.append((hook_name(site, L), edit))
+    return hooks
+
+
+@torch.no_grad()
+def check_edit_at_end(model, fn, *, quiet: bool = False) -> CheckResult:
+    """``fn(model, tokens [n, seq], heads, end [n], rows [n, seq]) -> logits [n, d_vocab]``:
+    the logits at END when each head in ``heads`` attends from END with the weights
+    ``rows`` (``hook_pattern``); compared with ``attention_edit_hooks(rows=...)``."""
+    tokens, end, rows, _ = exercise_prompts()
+    heads = _heads(model)
+    dev_rows = rows
+
+    def wrong_site():
+        return _run(model, tokens, end, _pattern_edit(
+            model, heads, end, lambda r, b, q: dev_rows.to(r)[b] , site="attn_scores"))
+
+    def every_row():
+        return _run(model, tokens, end, _pattern_edit(
+            model, heads, end, lambda r, b, q: torch.where(
+                (torch.arange(r.shape[-1], device=r.device) <= q)[None], dev_rows.to(r)[b], r),
+            every_query=True))
+
+    case = Case(
+        f"{len(heads)} heads, {len(end)} prompts", (model, tokens, heads, end, rows),
+        lambda: _run(model, tokens, end, attention_edit_hooks(model, heads, end, rows=rows)),
+        {
+            "you wrote the new row into the attention scores (before the softmax); write it "
+            "into the pattern (blocks.L.attn.hook_pattern)": wrong_site,
+            "you edited the rows of every query position; only END's row changes":
+                every_row,
+            "you edited only the first head": lambda: _run(
+                model, tokens, end, attention_edit_hooks(model, heads[:1], end, rows=rows)),
+        },
+        names=("model", "tokens", "heads", "end", "rows"),
+        baseline=lambda: _run(model, tokens, end, []),
+    )
+    return check_on_model("attention edit at END", fn, [case], quiet=quiet)
+
+
+@torch.no_grad()
+def check_block_at_end(model, fn, *, quiet: bool = False) -> CheckResult:
+    """``fn(model, tokens [n, seq], heads, end [n], block [n, seq] bool) -> logits [n,
+    d_vocab]``: the logits at END when each head in ``heads`` cannot attend from END to the
+    ``block`` keys (their weights set to 0, the row renormalised to sum to 1); compared
+    with ``attention_edit_hooks(block=...)``."""
+    tokens, end, _, block = exercise_prompts()
+    heads = _heads(model)
+
+    def no_renorm():
+        return _run(model, tokens, end, _pattern_edit(
+            model, heads, end, lambda r, b, q: r.masked_fill(block.to(r.device)[b], 0.0)))
+
+    case = Case(
+        f"the three colors blocked for {len(heads)} heads", (model, tokens, heads, end, block),
+        lambda: _run(model, tokens, end, attention_edit_hooks(model, heads, end, block=block)),
+        {
+            "the edited row no longer sums to 1: renormalise it after zeroing the blocked keys":
+                no_renorm,
+            "you blocked only the first head": lambda: _run(
+                model, tokens, end, attention_edit_hooks(model, heads[:1], end, block=block)),
+        },
+        names=("model", "tokens", "heads", "end", "block"),
+        baseline=lambda: _run(model, tokens, end, []),
+    )
+    return check_on_model("blocking keys at END", fn, [case], quiet=quiet)
+
+
+# ---------------------------------------------------------------- short checks (seeded tensors)
 
 
 def _color_cases():
@@ -27,42 +134,10 @@ def _color_cases():
             ("3 prompts, colors at 3, 5, 8", (torch.tensor([1, 0, 2]), 10, (3, 5, 8)))]
 
 
-def _on_answer(a, s, c):
-    """you put the attention on the answer's color; the intervention sends it to the two
-    *wrong* colors, as the inhibition heads do in IOI"""
-    rows = torch.zeros(len(a), s)
-    for j, pos in enumerate(c):
-        rows[:, pos] = (a == j).float()
-    return rows
-
-
-def _thirds(a, s, c):
-    """you spread the attention over all three colors; the asked one gets none"""
-    rows = torch.zeros(len(a), s)
-    rows[:, list(c)] = 1 / 3
-    return rows
-
-
-def _unnormalised(a, s, c):
-    """the row does not sum to 1: ½ on each of the two wrong colors"""
-    return 2 * reference_wrong_color_rows(a, s, c)
-
-
 def check_wrong_color_rows(fn) -> CheckResult:
     """``fn(asked [n], seq: int, color_positions: 3 ints) -> [n, seq]``."""
-    return run_check("wrong-color rows", fn, reference_wrong_color_rows, _color_cases(),
-                     known_mistakes=[_on_answer, _thirds, _unnormalised])
-
-
-def reference_block_keys(pattern, query, block):
-    """Attention knockout at one query position per prompt: the blocked keys' weights set to
-    0 and the row renormalised; every other row unchanged. ``pattern`` ``[n, heads, q, k]``,
-    ``query`` ``[n]``, ``block`` ``[n, k]`` bool."""
-    out = pattern.clone()
-    rows = torch.arange(len(query))
-    row = out[rows, :, query].masked_fill(block[:, None, :], 0.0)  # [n, heads, k]
-    out[rows, :, query] = row / row.sum(-1, keepdim=True)
-    return out
+    return run_check("wrong-color rows", fn, None, _color_cases(), answers=stored_answers("wrong-color rows"),
+                     names=("asked", "seq", "color_positions"))
 
 
 def _block_cases():
@@ -79,23 +154,11 @@ def _block_cases():
 
 def check_block_keys(fn) -> CheckResult:
     """``fn(pattern [n, heads, q, k], query [n], block [n, k]) -> pattern'`` (same shape)."""
+    return run_check("block keys", fn, None, _block_cases(), answers=stored_answers("block keys"),
+                     names=("pattern", "query", "block"))
 
-    def no_renorm(p, q, b):
-        out = p.clone()
-        rows = torch.arange(len(q))
-        out[rows, :, q] = out[rows, :, q].masked_fill(b[:, None, :], 0.0)
-        return out
 
-    def every_query(p, q, b):
-        out = p.masked_fill(b[:, None, None, :], 0.0)
-        return out / out.sum(-1, keepdim=True).clamp_min(1e-12)
+def __getattr__(name: str):  # transitional: see helpers.exercises._teacher_reference
+    from . import _teacher_reference
 
-    return run_check(
-        "block keys", fn, reference_block_keys, _block_cases(),
-        known_mistakes={
-            "the edited row no longer sums to 1: renormalise it after zeroing the blocked keys":
-                no_renorm,
-            "you blocked the keys at every query position; only the query position (END) "
-            "changes": every_query,
-        },
-    )
+    return _teacher_reference(__name__, name)
