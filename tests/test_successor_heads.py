@@ -623,3 +623,26 @@ def test_scorecard_grades_gpt2_only_against_gpt2_and_its_nulls_fail():
     for row, verdict in zip(null.rows, null.verdicts()):
         if row.role == "graded" and row.measured is not None:
             assert verdict == DIFFERS, row.quantity
+
+
+def test_sae_and_probe_train_on_the_inputs_device_and_match_the_cpu():
+    from helpers.devices import DeviceHarness, on_accelerator
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 12, generator=gen)
+    labels = torch.arange(40) % 4
+    sae_cpu = train_sae(x, 6, steps=30, seed=1)
+    W_cpu, b_cpu = train_probe(x, labels, 4, steps=30, seed=1)
+    with DeviceHarness():
+        xa = x.to("cuda")
+        sae = train_sae(xa, 6, steps=30, seed=1)
+        W, b = train_probe(xa, labels, 4, steps=30, seed=1)  # labels on the CPU: moved
+        assert on_accelerator(sae.W_dec) and on_accelerator(W) and on_accelerator(b)
+        mod = sh.mod10_analysis(torch.randn(60, 12, generator=gen).to("cuda"),
+                                torch.arange(60) % 10, seeds=(0,), n_features=12, steps=5,
+                                probe_steps=5)
+        feats, scales = sh.mod10_directions(mod, torch.randn(5, 12).to("cuda"))
+        assert on_accelerator(feats) and on_accelerator(scales)
+        same_dec, same_W = sae.W_dec.cpu(), W.cpu()
+    torch.testing.assert_close(same_dec, sae_cpu.W_dec)  # the same seeded start and steps
+    torch.testing.assert_close(same_W, W_cpu)

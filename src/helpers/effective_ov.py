@@ -84,7 +84,8 @@ def effective_ov_logits(
     Returns ``[n_layers, n_heads, n, m]`` (``m = len(columns)``, or ``d_vocab`` when
     ``columns`` is None); heads not listed in ``heads`` are NaN. Each layer's heads are
     computed in one batched product (on the model's device; the result is on the CPU), so
-    GPT-2 medium's 384 heads on 300 tokens take about a second. ``include_bias`` adds the value bias ``b_V``. ``unembed``
+    GPT-2 medium's 384 heads on 300 tokens take about a second. ``include_bias`` adds the
+    value bias ``b_V``. ``unembed``
     ``[d_model, m]`` replaces the unembedding columns (e.g. to append ``W_U.mean(1)``, the
     vocabulary-mean logit); give either ``columns`` or ``unembed``.
     """
@@ -102,15 +103,18 @@ def effective_ov_logits(
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     out = torch.full((n_layers, n_heads, inputs.shape[0], W_U.shape[1]), float("nan"))
     wanted = None if heads is None else {parse_head(h) for h in heads}
-    x = folded_layer_norm(inputs.to(device=model.W_V.device, dtype=model.W_V.dtype), model.cfg.eps)
+    # the bridge builds W_V / b_V / W_O by stacking every layer on each access: read once
+    W_V, W_O = model.W_V, model.W_O
+    b_V = model.b_V if include_bias else None
+    x = folded_layer_norm(inputs.to(device=W_V.device, dtype=W_V.dtype), model.cfg.eps)
     for L in range(n_layers):
         hs = [h for h in range(n_heads) if wanted is None or (L, h) in wanted]
         if not hs:
             continue
-        v = torch.einsum("nd,hde->hne", x, model.W_V[L, hs])
-        if include_bias:
-            v = v + model.b_V[L, hs][:, None, :]
-        written = torch.einsum("hne,hed->hnd", v, model.W_O[L, hs])
+        v = torch.einsum("nd,hde->hne", x, W_V[L, hs])
+        if b_V is not None:
+            v = v + b_V[L, hs][:, None, :]
+        written = torch.einsum("hne,hed->hnd", v, W_O[L, hs])
         out[L, hs] = (folded_layer_norm(written, model.cfg.eps) @ W_U).float().cpu()
     return out
 

@@ -16,15 +16,23 @@ the next one (" Monday" → " Tuesday", " 3" → " 4"). This module holds what t
   argmax, predecessor share; lift = ordered minus shuffled), and where a head's within-task
   top token sits relative to the input (:func:`offset_shares`: −1 is an anti-successor);
   :func:`ranking_table` for the full ranking;
+* **the screen's sensitivity** (:func:`sensitivity_table`: with or without ``b_V``, MLP0
+  output or embedding + MLP0, pooled or task-averaged) and what a head maps
+  (:func:`head_maps`);
 * **mod-10 features** (:func:`mod10_analysis`): sparse autoencoders (``helpers.sae``) on the
-  MLP0 outputs of the numeric tokens, matched to index mod 10, and a linear probe;
+  MLP0 outputs of the paper's token set (:func:`mod10_token_set`: numbers 0–500 with and
+  without a space, number words, ordinals, days, months), 90/10 split, features matched
+  one to one to index mod 10, accuracies on the held-out 10%, and a linear probe; transfer
+  to tokens the autoencoders never saw (:func:`transfer_token_set`, :func:`mod10_transfer`);
 * **vector arithmetic** (:func:`vector_arithmetic_grid`, per task :func:`run_vector_arithmetic`,
   a qualitative table beside the paper's Pythia pattern :func:`vector_arithmetic_comparison`);
 * prompts for the running-text sections: numbered lists written for the book
-  (:data:`NUMBERED_LISTS`), acronym prompts (:func:`make_acronym_prompts`) and a natural-text
+  (:data:`NUMBERED_LISTS`) and a natural-text
   sample (:func:`load_text_sample`: the Pile 10k sample from the hub when reachable, else a
   short text written for this book and shipped with it, CC0);
-* the published numbers (:data:`SUCCESSOR`), each with its source and confidence.
+* the published numbers (:data:`SUCCESSOR`), each with its source and confidence, and the
+  chapter's scorecard (:func:`build_scorecard`: GPT-2 rows graded only against GPT-2
+  numbers; the paper's Pythia numbers for comparison).
 
 The paper has no public code; every detail here (MLP0 output alone as the input, scoring
 pooled over tokens, the SAE setup, the scale in vector arithmetic, direct-effect mean
@@ -48,7 +56,11 @@ from ..scorecard import Reference
 
 __all__ = [
     "TASKS", "WRAPS", "NUMERIC_TASKS", "SuccessionDataset", "make_succession_dataset",
-    "succession_scores", "scores_from_logits", "numeric_rows", "mod10_analysis", "mod10_directions", "head_readout", "vector_arithmetic_grid", "NUMBERED_LISTS",
+    "succession_scores", "scores_from_logits", "head_hits", "chance_score", "ranked_heads",
+    "token_offsets", "sensitivity_table", "SCREEN_VARIANTS", "head_maps", "mod10_token_set",
+    "transfer_token_set", "split_rows", "class_feature_stats", "match_one_to_one",
+    "predict_residue", "mod10_transfer", "vector_arithmetic_valid", "build_scorecard",
+    "SECTIONS", "NOT_ACRONYMS", "numeric_rows", "mod10_analysis", "mod10_directions", "head_readout", "vector_arithmetic_grid", "NUMBERED_LISTS",
     "make_numbered_lists", "load_text_sample",
     "categorise_wins", "SUCCESSOR", "SUCCESSOR_CIRCUIT", "EXPECTED_HEAD", "NAIVE_DLA_HEAD",
     "single_token_share", "offset_shares", "head_rank", "ranking_table", "make_sequence_prompts",
@@ -229,6 +241,19 @@ def scores_from_logits(logits: torch.Tensor, data: SuccessionDataset, *, restric
     return out
 
 
+def head_hits(out: dict, data: SuccessionDataset, head, task: str | None = None) -> torch.Tensor:
+    """``[n]``: one head's hits (1 where the successor won) from :func:`succession_scores`'
+    ``out``, on every scored token or only on ``task``'s (its per-prompt values)."""
+    hits = out["hits"][parse_head(head)]
+    if task is None:
+        return hits
+    scored = data.has_successor.nonzero().squeeze(1).tolist()
+    keep = [k for k, i in enumerate(scored) if data.fields["task"][i] == task]
+    if not keep:
+        raise KeyError(f"no scored token of task {task!r}; tasks are {data.task_names}")
+    return hits[keep]
+
+
 def chance_score(data: SuccessionDataset, restrict: str = "task") -> float:
     """The pooled succession score of a head whose top token is drawn at random among the
     candidates (1 / the task's size per token, or 1 / all tokens): the screen's null."""
@@ -342,21 +367,25 @@ SCREEN_VARIANTS: tuple[tuple[str, str, bool], ...] = (
 
 @torch.no_grad()
 def sensitivity_table(model, data: SuccessionDataset, *, threshold: float = 0.5,
-                      head: str | None = None, variants=SCREEN_VARIANTS):
+                      head: str | None = None, variants=SCREEN_VARIANTS,
+                      done: dict | None = None):
     """How the screen's verdict depends on its choices: one row per variant (input
     representation, with or without ``b_V``) × aggregate (pooled over the 290 scored
     tokens, so numbers weigh 199/290; or the mean of the 8 per-task scores).
 
     Columns: the top head and its score, whether it is above ``threshold``, how many heads
-    are, ``head``'s score and rank (1 = best; default :data:`EXPECTED_HEAD`). Returns
-    ``(DataFrame, {label: scores})``.
+    are, ``head``'s score and rank (1 = best; default :data:`EXPECTED_HEAD`). ``done``:
+    ``{label: scores}`` already computed (e.g. the chapter's own screen), not redone.
+    Returns ``(DataFrame, {label: scores})``.
     """
     import pandas as pd
 
     head = head or EXPECTED_HEAD
     rows, runs = [], {}
     for label, inputs, bias in variants:
-        out = succession_scores(model, data, inputs=inputs, include_bias=bias)
+        out = (done or {}).get(label)
+        if out is None:
+            out = succession_scores(model, data, inputs=inputs, include_bias=bias)
         runs[label] = out
         for agg, key in (("pooled", "score"), ("task mean", "task_mean")):
             sc = out[key]
@@ -744,16 +773,18 @@ def vector_arithmetic_grid(reps: torch.Tensor, indices: Sequence[int], features:
         raise ValueError("indices must give one index per row of reps")
     scale = torch.as_tensor(scale, dtype=torch.float).to(reps.device).reshape(-1, 1).expand(10, 1)
     cand = torch.as_tensor(list(candidate_indices))
+    res = torch.tensor([i % 10 for i in idx], device=reps.device)
+    # every source × residue edit in one read-out: [n, 10, d] → [n·10, d]
+    edited = (reps - scale[res] * features[res])[:, None, :] + (scale * features)[None]
+    top = cand[readout(edited.reshape(-1, reps.shape[1])).argmax(-1).cpu()].reshape(len(idx), 10)
     out = torch.zeros(len(idx), 10, dtype=torch.bool)
     for a, i in enumerate(idx):
         r = i % 10
-        edited = reps[a][None] - scale[r] * features[r][None] + scale * features  # [10, d]
-        top = cand[readout(edited).argmax(-1).cpu()]
         for j in range(10):
             target = i - r + j + 1
             if wrap:
                 target = (target - 1) % wrap + 1
-            out[a, j] = bool(top[j] == target) and bool((cand == target).any())
+            out[a, j] = bool(top[a, j] == target) and bool((cand == target).any())
     return out
 
 
@@ -1101,8 +1132,9 @@ def build_scorecard(m: dict, *, stand_in: bool, title: str = "Successor heads (G
     card.at_least("top head's succession score ≥ 0.5 (audit's threshold), GPT-2 medium",
                   R["threshold_medium"], None, 0.5, null=null,
                   values=_values(m.get("top_hits_medium")), section=S["medium"])
-    card.at_least("9.1 on the days (share of 7; notes: 7 of 7, we ask ≥ 6)", R["days_only_9_1"],
-                  None, 6 / 7, null=1 / 7, values=_values(m.get("days_hits")), section=S["screen"])
+    card.at_least("9.1 on the days (share of 7; notes: 7 of 7, we ask ≥ 6 of 7)",
+                  R["days_only_9_1"], None, 0.85, null=1 / 7, values=_values(m.get("days_hits")),
+                  section=S["screen"])
     card.top_k("9.1 in the top 3 by lift (notes: first, 8.8 close behind)", R["lift_rank_9_1"],
                m.get("lift_ranking"), [EXPECTED_HEAD], 3, section=S["trap"])
     card.top_k("10.3 in the top 3 by naive cross-task DLA (notes: first)", R["naive_rank_10_3"],
