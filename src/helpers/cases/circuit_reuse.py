@@ -538,7 +538,7 @@ def accuracy_table(results: dict[str, dict[str, torch.Tensor]], *, baseline: str
                       "n": len(ok)}
         if paper is not None:
             rows[name]["paper"] = paper.get(name, float("nan"))
-    return pd.DataFrame(rows).T
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def mover_color_attention(model, ds: ColoredObjects, movers, conditions, *,
