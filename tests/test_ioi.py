@@ -715,3 +715,18 @@ def test_scorecard_sections_are_headings_of_the_chapter():
     card = build_scorecard(SimpleNamespace(is_stand_in=True), {})
     missing = {r.section for r in card.rows} - headings
     assert not missing, missing
+
+
+def test_scorecard_takes_per_prompt_values_from_the_accelerator():
+    from types import SimpleNamespace
+
+    from helpers.cases.ioi import build_scorecard
+    from helpers.devices import DeviceHarness
+    from helpers.scorecard import HOLDS
+
+    results = _fake_results()
+    with DeviceHarness():
+        moved = {k: v.to("cuda") if isinstance(v, torch.Tensor) and k != "path_patching" else v
+                 for k, v in results.items()}
+        card = build_scorecard(SimpleNamespace(is_stand_in=False), moved)
+    assert set(card.verdicts()) == {HOLDS}

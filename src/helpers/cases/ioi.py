@@ -893,8 +893,9 @@ def build_scorecard(model, r: dict):
 
     from ..scorecard import Reference, Scorecard, bootstrap_se
 
-    def get(key):
-        return r.get(key)
+    def get(key):  # per-prompt tensors come to the CPU, whatever device made them
+        value = r.get(key)
+        return value.detach().float().cpu() if isinstance(value, torch.Tensor) else value
 
     card = Scorecard("Indirect Object Identification, GPT-2 small (Wang et al. 2022)",
                      stand_in=model.is_stand_in)
