@@ -187,6 +187,20 @@ class Debugger:
             out["up_voted"], out["down_voted"] = voted_tokens(self, out, top_tokens)
         return out.reset_index(drop=True)
 
+    def voted_tokens(self, node, k: int = 5) -> tuple[str, str]:
+        """``(up, down)``: the ``k`` tokens one node's write up- and down-votes most through
+        the unembedding (the table's columns, for one node at one position)."""
+        n = self.node(node)
+        if n.dest is None:
+            raise DebuggerInputError(f"Give {n.label!r} at one position.")
+        rows = self.frame()
+        rows = rows[(rows.kind == n.kind) & (rows.layer == n.layer) & (rows["index"] == n.index)
+                    & (rows.dest == n.dest) & (rows.src == (n.src if n.kind == "head" else -1))]
+        if rows.empty:
+            raise DebuggerInputError(f"{n.label!r} is not in this debugger's table.")
+        up, down = voted_tokens(self, rows, k)
+        return up[0], down[0]
+
     # ----------------------------------------------------------------- token effects
     def token_effects(self) -> pd.DataFrame:
         """Per prompt token: summed estimated total effect of the embeddings, the heads (summed
@@ -227,7 +241,7 @@ class Debugger:
 
     # ----------------------------------------------------------------- interventions
     def ablate(self, nodes, *, how: str = "zero", value: float | None = None,
-               reference=None) -> "Debugger":
+               reference=None, means: dict | None = None) -> "Debugger":
         """A new debugger with ``nodes`` ablated (on top of this one's ablations).
 
         ``how``: ``"zero"`` (TDB) sets each node's activation to 0; ``"value"`` to ``value``;
@@ -236,7 +250,8 @@ class Debugger:
         (``[n, seq]`` tokens of this prompt's length, e.g. p_ABC); ``"pattern_mean"`` replaces
         a head's attention probabilities by their reference mean (values stay clean). For a
         head the activation is the attention probability, so zeroing it at one pair removes
-        exactly that pair's write (the other pairs are not renormalised)."""
+        exactly that pair's write (the other pairs are not renormalised). ``means``: the
+        :func:`reference_means` of ``reference``, computed once for many ablations."""
         if isinstance(nodes, pd.DataFrame):
             nodes = list(nodes["node"])
         elif isinstance(nodes, (str, Node, pd.Series)):
@@ -246,8 +261,7 @@ class Debugger:
             raise DebuggerInputError(f"how must be one of {ABLATIONS}, got {how!r}.")
         if (how == "value") != (value is not None):
             raise DebuggerInputError("Give value= with how='value' (and only then).")
-        means = None
-        if how in ("mean", "pattern_mean"):
+        if how in ("mean", "pattern_mean") and means is None:
             means = reference_means(self, reference)
         edits = tuple(make_edit(n, how, value, means) for n in parsed)
         return self._derive(edits=self._edits + edits)

@@ -122,21 +122,25 @@ def estimate_scores(effects: pd.DataFrame, *, by: str | None = "group", atol: fl
     return pd.DataFrame(rows).set_index("group")
 
 
-def estimate_study(dbg: Debugger, n_check: int, *, seed: int = 0, reference=None,
+def estimate_study(dbg: Debugger, n_check: int, *, n_random: int | None = None, seed: int = 0,
+                   reference=None, means: dict | None = None, whole_heads: bool = True,
                    pair_census: bool = True, batch: int = 32) -> pd.DataFrame:
     """Single-node ablations by group, for :func:`estimate_scores`. Groups:
 
     * ``top pairs by estimate`` / ``top neurons by estimate``: the ``n_check`` largest |estimated
       total effect| (what TDB's table shows first);
-    * ``random pairs`` / ``random neurons``: ``n_check`` each, drawn uniformly (seeded) from
+    * ``random pairs`` / ``random neurons``: ``n_random`` each (default ``n_check``), drawn uniformly (seeded) from
       every head pair (source ≤ destination) and every neuron at every token;
     * ``whole heads (zero)``: every head, zeroed at every pair; ``whole heads (mean)``: every
-      head's ``z`` replaced by its mean over ``reference`` (when given), with ``(a − ā)·∂T/∂a``;
+      head's ``z`` replaced by its mean over ``reference`` (when given, or its precomputed
+      ``means``), with ``(a − ā)·∂T/∂a`` (both when ``whole_heads``);
     * ``last-token pairs``: every head's pair into the last token, from every source (when
       ``pair_census``): the census from which the top pairs by *actual* effect are read.
     """
-    if n_check < 1:
-        raise DebuggerInputError(f"n_check must be at least 1, got {n_check}.")
+    n_random = n_check if n_random is None else n_random
+    if n_check < 1 or n_random < 1:
+        raise DebuggerInputError(f"n_check and n_random must be at least 1, got {n_check} "
+                                 f"and {n_random}.")
     frame = dbg.frame()
     rng = np.random.default_rng(seed)
     cfg = dbg.model.cfg
@@ -145,7 +149,7 @@ def estimate_study(dbg: Debugger, n_check: int, *, seed: int = 0, reference=None
         top = dbg.table(n=n_check, kind=kind, top_tokens=0).node
         groups[f"top {name} by estimate"] = list(top)
         rows = frame[frame.kind == kind]
-        pick = rows.iloc[np.sort(rng.choice(len(rows), size=min(n_check, len(rows)),
+        pick = rows.iloc[np.sort(rng.choice(len(rows), size=min(n_random, len(rows)),
                                             replace=False))]
         groups[f"random {name}"] = [
             f"H{r.layer}.{r.index} {r.dest}<-{r.src}" if kind == "head"
@@ -153,10 +157,12 @@ def estimate_study(dbg: Debugger, n_check: int, *, seed: int = 0, reference=None
     heads = [f"H{L}.{h}" for L in range(cfg.n_layers) for h in range(cfg.n_heads)]
     parts = [ablation_effects(dbg, nodes, batch=batch).assign(group=g)
              for g, nodes in groups.items()]
-    parts.append(ablation_effects(dbg, heads, batch=batch).assign(group="whole heads (zero)"))
-    if reference is not None:
-        parts.append(ablation_effects(dbg, heads, how="mean", batch=batch,
-                                      means=reference_means(dbg, reference))
+    if whole_heads:
+        parts.append(ablation_effects(dbg, heads, batch=batch)
+                     .assign(group="whole heads (zero)"))
+    if whole_heads and (reference is not None or means is not None):
+        means = reference_means(dbg, reference) if means is None else means
+        parts.append(ablation_effects(dbg, heads, how="mean", batch=batch, means=means)
                      .assign(group="whole heads (mean)"))
     if pair_census:
         last = dbg.n_tokens - 1
