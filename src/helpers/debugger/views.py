@@ -8,7 +8,7 @@ import torch
 from .core import Debugger
 from .nodes import COLUMNS, DebuggerInputError
 from .run import weights
-from .table import label_of
+from .table import label_of, token_text
 
 
 def compare(left: Debugger, right: Debugger, column: str = "est_total_effect", *,
@@ -39,17 +39,11 @@ def compare(left: Debugger, right: Debugger, column: str = "est_total_effect", *
         merged = merged.head(n)
     merged.insert(0, "node", [label_of(r) for r in merged.itertuples()])
     lt, rt = left.str_tokens, right.str_tokens
-    merged.insert(1, "left tokens", [_tokens(r, lt) for r in merged.itertuples()])
-    merged.insert(2, "right tokens", [_tokens(r, rt) for r in merged.itertuples()])
+    merged.insert(1, "left tokens", [token_text(r, lt) for r in merged.itertuples()])
+    merged.insert(2, "right tokens", [token_text(r, rt) for r in merged.itertuples()])
     order = ["node", "left tokens", "right tokens", *keys, f"{column}_left", "diff",
              f"{column}_right"]
     return merged[order].reset_index(drop=True)
-
-
-def _tokens(r, toks) -> str:
-    if r.kind == "head":
-        return f"{toks[r.dest]!r} <- {toks[r.src]!r}"
-    return repr(toks[r.dest]) if r.dest >= 0 else ""
 
 
 @torch.no_grad()
