@@ -218,3 +218,20 @@ def test_the_environment_switch_turns_the_harness_on():
                             "from helpers.devices import active_harness; setup_notebook();"
                             "print(active_harness())"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert plain.stdout.strip() == "None", plain.stderr[-2000:]
+
+
+def test_patching_ablation_and_attribution_run_on_the_accelerator(gpu_model):
+    from helpers import LogitDiffMetric, circuit_score, dla, logit_diff, patch_heads, path_patch
+
+    toks, corrupt = tokens(4, 7), tokens(4, 7).flip(0)
+    answer, wrong = torch.tensor([5, 6, 7, 8]), torch.tensor([9, 10, 11, 12])
+    end = torch.tensor([6, 6, 5, 4])
+    metric = LogitDiffMetric(answer, wrong, end)  # CPU tensors: the helpers move them
+    means = head_means(gpu_model, toks)
+    score = circuit_score(gpu_model, toks, metric, means, circuit={(1, 0): None})
+    assert isinstance(score, float)
+    assert torch.isfinite(torch.as_tensor(logit_diff(gpu_model(toks), answer, wrong, end)).cpu()).all()
+    assert patch_heads(gpu_model, toks, corrupt, metric).shape[:2] == (TINY.n_layers, TINY.n_heads)
+    parts, _ = dla(gpu_model, gpu_model.run_with_cache(toks)[1], answer, wrong, end)
+    assert parts.shape[1] == 4
+    path_patch(gpu_model, toks, corrupt, senders=[(0, 1)], receivers=[(1, 2)], metric=metric)
