@@ -235,3 +235,10 @@ def test_patching_ablation_and_attribution_run_on_the_accelerator(gpu_model):
     parts, _ = dla(gpu_model, gpu_model.run_with_cache(toks)[1], answer, wrong, end)
     assert parts.shape[1] == 4
     path_patch(gpu_model, toks, corrupt, senders=[(0, 1)], receivers=[(1, 2)], metric=metric)
+
+
+def test_a_factory_call_that_moves_leaves_its_input_where_it_was(harness):
+    cpu = torch.arange(4)
+    moved = torch.as_tensor(cpu, device="cuda")
+    assert moved.is_cuda and not on_accelerator(cpu) and not cpu.is_cuda
+    assert (cpu + torch.arange(4)).device.type == "cpu"  # still usable with CPU tensors

@@ -262,7 +262,12 @@ class DeviceHarness(TorchFunctionMode):
             kwargs = dict(kwargs, device=self._real(kwargs["device"]))
         else:
             acc = any(acc_big) if big else any(on_accelerator(t) for t in tensors)
-        return self._finish(name, func(*args, **kwargs), acc)
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and on_accelerator(out) != acc and any(out is t for t in tensors):
+            # e.g. torch.as_tensor(cpu_tensor, device="cuda") handed back its input: a real
+            # move copies, and the input stays where it was
+            out = out.clone()
+        return self._finish(name, out, acc)
 
     def _move(self, func, name, args, kwargs):
         self_t = args[0]
