@@ -379,7 +379,10 @@ def test_trained_sae_is_read_from_its_hub_files_without_an_sae_library(tiny_mode
     expected = torch.relu((x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"])
     torch.testing.assert_close(sae.encode(x), expected)
     assert (expected > 0).any() and (expected == 0).any()  # the ReLU cuts some latents, not all
-    table, fvu = latent_table(dbg, sae, 1, n=4)
+    with pytest.raises(DebuggerInputError, match="prepend_bos"):
+        latent_table(dbg, sae, 1, n=4)  # the trained SAE saw BOS-led contexts only
+    with_bos = Debugger(tiny_model, PROMPT, " Mary", " John", prepend_bos=True)
+    table, fvu = latent_table(with_bos, sae, 1, n=4)
     assert len(table) == 4 and np.isfinite(fvu)
 
 
@@ -768,3 +771,14 @@ def test_scorecard_rows_fail_at_their_nulls_and_run_at_smoke_size(dbg):
                if r.role == "graded" and r.measured is not None)
     assert [r.quantity for r in card.rows if r.role == "info"]
     assert all(r.section in case.SECTIONS.values() for r in card.rows)
+
+
+def test_an_sae_trained_with_bos_refuses_a_prompt_without_it(tiny_model, fake_hub):
+    root, _ = fake_hub
+    _write_sae_folder(root, "blocks.1.hook_resid_pre", tiny_model.cfg.d_model, 16)
+    sae, _ = case.residual_sae(tiny_model, 1)
+    assert sae.trained and sae.prepend_bos and sae.centre_writing_weights
+    with pytest.raises(DebuggerInputError, match="prepend_bos=True"):
+        Debugger(tiny_model, PROMPT, " Mary", " John", sae=sae)
+    d = Debugger(tiny_model, PROMPT, " Mary", " John", prepend_bos=True, sae=sae)
+    assert np.isfinite(d.logit_diff)

@@ -209,6 +209,12 @@ def load_residual_sae(layer: int = SAE_LAYER, *, d_in: int | None = None, device
                              device=device)
     if sae.hook_name != hook:
         raise ValueError(f"{SAE_REPO}/{hook}/cfg.json says hook {sae.hook_name!r}, not {hook!r}")
+    # sae-lens's record of this release (its metadata for gpt2-small-res-jb): trained on a
+    # model loaded with centred writing weights, on 128-token contexts that start with BOS.
+    # Older cfg.json files of the reformatted repository may not say so; the release does.
+    sae.centre_writing_weights = True
+    sae.prepend_bos = True
+    sae.context_size = sae.context_size or 128
     return sae
 
 

@@ -64,6 +64,12 @@ class Debugger:
             from .latents import check_sae_fits
 
             check_sae_fits(model, sae)
+            bos = getattr(model.tokenizer, "bos_token_id", None)
+            if getattr(sae, "prepend_bos", None) and int(self.tokens[0, 0]) != bos:
+                raise DebuggerInputError(
+                    "This SAE was trained on contexts that start with the BOS token, and this "
+                    "prompt does not: build the debugger with prepend_bos=True (without BOS, "
+                    "position 0's large residual is one the SAE never saw).")
             device = torch.device(model.cfg.device)
             if sae.W_enc.device != device and hasattr(sae, "to"):
                 sae = sae.to(device)
