@@ -93,7 +93,7 @@ def load_helper_module(name: str):
 
 def device_harness_requested() -> bool:
     """``CASEBOOK_DEVICE_HARNESS`` set (the kernels inherit it: ``helpers.devices``)."""
-    return os.environ.get("CASEBOOK_DEVICE_HARNESS", "").strip().lower() in {"1", "true", "yes", "on", "cuda"}
+    return os.environ.get("CASEBOOK_DEVICE_HARNESS", "").strip().lower() in {"1", "true", "yes", "on", "cuda", "mps"}
 
 
 def accelerator_note() -> str:

@@ -24,7 +24,8 @@ The computation itself runs on the CPU, so the numbers are the CPU's.
 
 **The switch.** ``CASEBOOK_DEVICE_HARNESS=1`` in the environment makes ``load_model`` and
 ``setup_notebook`` turn the harness on for the rest of the process (a notebook's kernel), and
-``device=None`` then picks the pretend ``cuda``. ``tests/test_book.py`` builds the smoke book
+``device=None`` then picks the pretend ``cuda`` (``CASEBOOK_DEVICE_HARNESS=mps``: a pretend
+Apple ``mps``; float64 is refused either way). ``tests/test_book.py`` builds the smoke book
 with it, so every chapter runs under it in ``make test``. A chapter by hand::
 
     CASEBOOK_DEVICE_HARNESS=1 .venv/bin/python scripts/bench_notebooks.py --only 01_ioi
@@ -70,7 +71,7 @@ class DeviceMixError(RuntimeError):
 
 def harness_requested() -> bool:
     """True when ``CASEBOOK_DEVICE_HARNESS`` asks for the harness (``1``, ``true``, ...)."""
-    return os.environ.get(HARNESS_ENV, "").strip().lower() in {"1", "true", "yes", "on", "cuda"}
+    return os.environ.get(HARNESS_ENV, "").strip().lower() in {"1", "true", "yes", "on", "cuda", "mps"}
 
 
 def active_harness() -> "DeviceHarness | None":
@@ -95,7 +96,8 @@ def enable(accelerator: str = "cuda") -> "DeviceHarness":
 def enable_from_env() -> "DeviceHarness | None":
     """:func:`enable` if ``CASEBOOK_DEVICE_HARNESS`` asks for it; else the active one or None."""
     if harness_requested():
-        return enable()
+        flavour = os.environ.get(HARNESS_ENV, "").strip().lower()
+        return enable("mps" if flavour == "mps" else "cuda")
     return active_harness()
 
 
