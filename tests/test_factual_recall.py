@@ -267,3 +267,157 @@ def test_scale_hooks(task):
     assert not torch.allclose(zero, base, atol=1e-3)
     with pytest.raises(ValueError, match="no such head"):
         scale_hooks(m, {"7.0": 0.5})
+
+
+# ---------------------------------------------------------------- fast tracing, new analyses
+
+
+@pytest.mark.parametrize("kind,window", [("resid", 1), ("mlp", 1), ("mlp", 2), ("attn", 3)])
+def test_fast_tracing_equals_the_plain_reference(task, kind, window):
+    # The planted model has non-zero biases and LayerNorm parameters; batch_tokens=40
+    # forces several chunks per start layer (several start positions per chunk).
+    n = 3
+    first, last = torch.tensor([1, 0, 2]), torch.tensor([2, 1, 3])
+    kw = dict(lengths=task.lengths[:n], kind=kind, window=window, n_samples=3, noise=3.0, seed=2)
+    plain = causal_trace(task.model, task.clean[:n], task.answer[:n], first, last, method="plain", **kw)
+    fast = causal_trace(task.model, task.clean[:n], task.answer[:n], first, last,
+                        batch_tokens=40, **kw)
+    assert torch.equal(plain.scores.isnan(), fast.scores.isnan())
+    assert torch.allclose(plain.scores.nan_to_num(), fast.scores.nan_to_num(), atol=1e-4)
+    assert torch.allclose(plain.corrupted, fast.corrupted, atol=1e-5)
+    assert torch.allclose(plain.clean, fast.clean, atol=1e-6)
+    # the noise moved something, so equality is not the trivial one
+    assert (plain.scores.nan_to_num() - plain.corrupted[:, None, None]).abs().max() > 1e-3
+
+
+def test_windowed_kinds_need_a_window(task):
+    with pytest.raises(ValueError, match="needs a window"):
+        causal_trace(task.model, task.clean[:1], task.answer[:1], [1], [1], kind="mlp")
+    with pytest.raises(ValueError, match="window must be"):
+        causal_trace(task.model, task.clean[:1], task.answer[:1], [1], [1], kind="mlp", window=9)
+    with pytest.raises(ValueError, match="method"):
+        causal_trace(task.model, task.clean[:1], task.answer[:1], [1], [1], method="quick")
+
+
+def test_role_values_average_to_trace_by_role(task):
+    from helpers.tracing import role_values
+
+    r = _trace(task, "resid")
+    per = role_values(r)
+    assert per.shape == (2, 6, 3)
+    assert torch.allclose(per.nanmean(0).nan_to_num(), trace_by_role(r).nan_to_num())
+    # one-token subjects (1..1) have no first or middle subject token
+    assert per[:, 0].isnan().all() and per[:, 1].isnan().all() and not per[:, 2].isnan().any()
+
+
+def test_rome_noise_scale_is_over_every_subjects_tokens(task):
+    from helpers.tracing import rome_noise_scale
+
+    subjects = ["Beats Music", "Apple A5", "Paris"]
+    ids = [i for s in subjects for i in TOK.encode(s)]
+    want = 3 * task.model.W_E[torch.tensor(ids)].std()
+    assert abs(rome_noise_scale(task.model, subjects, TOK) - float(want)) < 1e-6
+    with pytest.raises(ValueError, match="at least one"):
+        rome_noise_scale(task.model, [], TOK)
+
+
+def test_neuron_effects_sum_to_the_mlp_direct_effect(task):
+    from helpers.tracing import direct_effects, neuron_direct_effects
+
+    m = task.model
+    x, pos, ans = task.clean[:4], task.end[:4], task.answer[:4]
+    mlp = direct_effects(m, x, pos, ans, ["MLP 2", "2.0"])
+    neurons = neuron_direct_effects(m, x, pos, ans, 2)
+    _, acts = __import__("helpers").capture(m, x, ["ln_final.hook_scale"])
+    scale = acts["ln_final.hook_scale"][torch.arange(4), pos]
+    b = m.b_out[2] - m.b_out[2].mean()
+    d = (m.W_U[:, ans] - m.W_U.mean(-1, keepdim=True)).T
+    b_term = ((b[None] * d).sum(-1) / scale[:, 0]).float()
+    assert torch.allclose(neurons.sum(1) + b_term, mlp[:, 0], atol=1e-3)
+    # the planted mover 2.0 writes the answer: a large positive direct effect
+    assert (mlp[:, 1] > 1).all()
+    with pytest.raises(ValueError, match="no such head"):
+        direct_effects(m, x, pos, ans, ["7.1"])
+
+
+def test_gain_by_scaling_reads_one_for_a_copy_and_zero_upstream(task):
+    from helpers import hook_name
+    from helpers.tracing import gain_by_scaling
+
+    m = task.model
+    x, pos = task.clean[:4], task.end[:4]
+    # the layer's attention output contains the head's output once: g = 1
+    same = gain_by_scaling(m, x, pos, "2.0", hook_name("attn_out", 2))
+    assert torch.allclose(same, torch.ones(4), atol=1e-4)
+    # an MLP before the head cannot respond to it: g = 0
+    before = gain_by_scaling(m, x, pos, "2.0", hook_name("mlp_out", 1), factor=0.5)
+    assert torch.allclose(before, torch.zeros(4), atol=1e-5)
+    with pytest.raises(ValueError, match="differ from 1"):
+        gain_by_scaling(m, x, pos, "2.0", hook_name("mlp_out", 2), factor=1)
+
+
+def test_logit_lens_reads_resid_mid_before_the_mlp(task):
+    from helpers import capture, hook_name
+
+    m = task.model
+    x = task.clean[:2, :8]
+    pre, _ = logit_lens(m, x, task.answer[:2])
+    mid, _ = logit_lens(m, x, task.answer[:2], site="resid_mid")
+    assert torch.allclose(pre[-1], mid[-1])  # the last row is the output either way
+    _, acts = capture(m, x, [hook_name("resid_mid", 1)])
+    lg = m.unembed(m.ln_final(acts[hook_name("resid_mid", 1)][:, -1:]))[:, 0]
+    want = lg.softmax(-1)[torch.arange(2), task.answer[:2]]
+    assert torch.allclose(mid[1], want, atol=1e-5) and not torch.allclose(mid[1], pre[1])
+    with pytest.raises(ValueError, match="site"):
+        logit_lens(m, x, task.answer[:2], site="resid_post")
+
+
+def test_decode_intercept_finds_the_planted_direction(task):
+    m = task.model
+    t = int(task.answer[0])
+    vec = m.W_U[:, t] - m.W_U.mean(-1)
+    pct, best = fr.decode_intercept(m, vec, [t, int(task.wrong[0])])
+    assert pct[0] > 0.999 and best[0] == t
+
+
+def test_split_halves_is_a_seeded_partition():
+    a, b = fr.split_halves(11, seed=3)
+    assert sorted(a + b) == list(range(11)) and len(a) == 6 and not set(a) & set(b)
+    assert fr.split_halves(11, seed=3) == (a, b) != fr.split_halves(11, seed=4)
+    with pytest.raises(ValueError, match="at least 2"):
+        fr.split_halves(1)
+
+
+def _measured(value_of):
+    keys = ["mlp_mid_ie", "mlp_mid_ie_next", "attn_upper_ie", "attn_lower_ie", "ko_subj_lower",
+            "ko_subj_upper", "ko_rel_lower", "abs_causal_gain", "intercept_percentile",
+            "map_margin", "map_margin_resid", "dp_suppressors", "dp_random", "dp_mid",
+            "specificity", "lens_drop", "dp_suppressors_rome", "mlp0_ie", "dp_neurons"]
+    m = {k: value_of(k) for k in keys}
+    m.update({k + "_se": 0.001 for k in keys})
+    heads = [f"{L}.{h}" for L in range(12) for h in range(12)]
+    m.update(movers_attending=3, map_share=0.8, n_capital_prompts=225, n_rome_facts=1209,
+             head_ranking=["9.8"] + [h for h in heads if h != "9.8"])
+    return m
+
+
+def test_scorecard_rows_fail_at_their_nulls_and_can_pass():
+    good = {"mlp_mid_ie": 0.2, "mlp_mid_ie_next": 0.05, "attn_upper_ie": 0.2,
+            "attn_lower_ie": 0.01, "ko_subj_lower": -1, "ko_subj_upper": -20,
+            "ko_rel_lower": -15, "abs_causal_gain": 0.6, "intercept_percentile": 0.97,
+            "map_margin": 2.0, "map_margin_resid": 0.5, "dp_suppressors": 0.05,
+            "dp_random": 0.001, "dp_mid": 0.002, "specificity": -0.5, "lens_drop": 0.1,
+            "dp_suppressors_rome": 0.03, "mlp0_ie": 0.3, "dp_neurons": 0.01}
+    card = fr.scorecard(_measured(good.get), stand_in=False)
+    graded = [r for r in card.rows if r.role == "graded"]
+    assert len(graded) >= 15
+    assert all(v.startswith("✓") for r, v in zip(card.rows, card.verdicts()) if r.role != "info")
+    null = card.null_run()
+    assert all(v.startswith("✗") for r, v in zip(null.rows, null.verdicts()) if r.role == "graded")
+    # each anti-overconfidence control can fail on its own: random zeroing as good
+    bad = fr.scorecard(_measured(lambda k: good["dp_suppressors"] if k == "dp_random" else good[k]),
+                       stand_in=False)
+    row = [v for r, v in zip(bad.rows, bad.verdicts()) if "3 random" in r.quantity]
+    assert row and not row[0].startswith("✓")
+    stand = fr.scorecard(_measured(good.get), stand_in=True)
+    assert all(v == "n/a (stand-in)" for r, v in zip(stand.rows, stand.verdicts()) if r.role == "graded")

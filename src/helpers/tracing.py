@@ -57,6 +57,7 @@ __all__ = [
     "scale_hooks",
     "layer_window",
     "trace_heatmap",
+    "trace_heatmaps",
 ]
 
 TRACE_KINDS = ("resid", "mlp", "attn")
@@ -816,4 +817,36 @@ def trace_heatmap(values, row_labels: Sequence[str], *, title: str, colorbar_tit
     fig.update_layout(title=title, xaxis=dict(title="layer", dtick=1),
                       yaxis=dict(title="token", autorange="reversed"),
                       height=120 + 40 * n_rows)
+    return fig
+
+
+def trace_heatmaps(panels: Sequence[tuple], row_labels: Sequence[str], *, title: str,
+                   colorbar_title: str = "", marked: Sequence[str] = (),
+                   xaxis: str = "window centre (layer)"):
+    """Several trace maps side by side in one figure, sharing the y-axis (token roles).
+
+    ``panels``: ``(values [rows, n_layers], subtitle)`` pairs (e.g. hidden state, MLP and
+    attention windows), drawn on one colour scale; rows named in ``marked`` get a ``▶``.
+    The x-axis is the restored window's centre (for a single hidden state, its layer).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if not panels:
+        raise ValueError("trace_heatmaps needs at least one panel")
+    mats = [v.detach().float().cpu().numpy() if hasattr(v, "detach") else v for v, _ in panels]
+    zmax = max(float(abs(m[~(m != m)]).max()) if (m == m).any() else 0.0 for m in mats) or 1.0
+    labels = [("▶ " if lab in marked else "") + lab for lab in row_labels]
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True,
+                        subplot_titles=[t for _, t in panels], horizontal_spacing=0.03)
+    for c, z in enumerate(mats, start=1):
+        fig.add_trace(go.Heatmap(
+            z=z, x=list(range(z.shape[1])), y=labels, colorscale="RdBu", zmid=0,
+            zmin=-zmax, zmax=zmax, showscale=(c == len(mats)),
+            colorbar=dict(title=colorbar_title),
+            hovertemplate="%{y}<br>centre %{x}<br>%{z:.3f}<extra></extra>"), 1, c)
+        fig.update_xaxes(title_text=xaxis if c == (len(mats) + 1) // 2 else "", dtick=2,
+                         row=1, col=c)
+    fig.update_yaxes(autorange="reversed", row=1, col=1, title_text="token role")
+    fig.update_layout(title=title, height=160 + 36 * len(row_labels), margin=dict(l=10))
     return fig

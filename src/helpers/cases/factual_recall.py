@@ -68,6 +68,7 @@ __all__ = [
     "capital_map",
     "decode_intercept",
     "scorecard",
+    "meaning",
 ]
 
 # The 15 pairs of Lv et al.'s fact_dataset.py (fact sheet), in its order.
@@ -765,3 +766,18 @@ def scorecard(m: dict, *, stand_in: bool, n_layers: int = 12):
                     get("n_capital_prompts"))
     card.data_check("distinct ROME known facts shipped", R["rome_facts"], get("n_rome_facts"))
     return card
+
+
+def meaning(holds, yes: str, no: str, *, stand_in: bool):
+    """A "Meaning:" line conditioned on what this run measured: ``yes`` if ``holds``,
+    ``no`` if not; on the stand-in (random weights) neither, since nothing can be read."""
+    from IPython.display import Markdown
+
+    if stand_in:
+        text = ("the stand-in has random weights, so this run shows nothing about GPT-2 "
+                "here; run with `weights=\"pretrained\"` to read it.")
+    elif holds is None:
+        text = "not measured at this size."
+    else:
+        text = yes if holds else no
+    return Markdown(f"**Meaning (this run):** {text}")
