@@ -22,6 +22,8 @@ SCRIPT = textwrap.dedent(
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from helpers import CasebookError, gpt2_tokenizer, load_model
+    from helpers.devices import DeviceHarness, on_accelerator
+    from helpers.models import gpt2_like_parameters_
 
     def fill_cache(hf_id, config, seed):
         """Save a GPT-2 with seeded random weights where `hf download hf_id` would."""
@@ -33,6 +35,7 @@ SCRIPT = textwrap.dedent(
         (repo / "refs" / "main").write_text(commit)
         torch.manual_seed(seed)
         hf = GPT2LMHeadModel(config).eval()
+        gpt2_like_parameters_(hf)  # biases and LayerNorm parameters non-zero, as GPT-2's
         hf.save_pretrained(snapshot, safe_serialization=True)
         gpt2_tokenizer().save_pretrained(snapshot)
         return hf
@@ -48,6 +51,15 @@ SCRIPT = textwrap.dedent(
     out["stand_in"] = bool(model.is_stand_in)
     out["max_diff"] = (mine - theirs).abs().max().item()
     out["shape"] = list(mine.shape)
+
+    # the same weights booted onto a GPU (the device harness's pretend cuda), CPU tokens in
+    with DeviceHarness():
+        gpu = load_model("gpt2-small", weights="pretrained")
+        out["gpu_device"] = str(gpu.cfg.device)
+        out["gpu_off"] = sum(not on_accelerator(p) for p in gpu.parameters())
+        with torch.no_grad():
+            on_gpu = gpu(tokens).log_softmax(-1)
+        out["gpu_diff"] = (on_gpu.cpu() - theirs).abs().max().item()
 
     # a cache holding another architecture under gpt2-medium's hub id
     fill_cache("openai-community/gpt2-medium", GPT2Config(n_layer=2, n_head=4, n_embd=64), seed=1)
@@ -74,4 +86,6 @@ def test_pretrained_path_loads_cached_weights_offline(tmp_path):
     assert out["shape"][-1] == 50257
     # compatibility mode folds LayerNorm and centres weights: log-probabilities are unchanged
     assert out["max_diff"] < 1e-3, out
+    assert out["gpu_device"].startswith("cuda") and out["gpu_off"] == 0, out
+    assert out["gpu_diff"] < 1e-3, out
     assert "not gpt2-medium" in out["wrong_arch"] and "2 layers" in out["wrong_arch"], out
