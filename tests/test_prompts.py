@@ -72,3 +72,11 @@ def test_tokenize_with_bos_shifts_everything_by_one():
     plain, n_plain = tokenize(["Hello world"])
     bos, n_bos = tokenize(["Hello world"], prepend_bos=True)
     assert bos[0, 0] == 50256 and torch.equal(bos[0, 1:], plain[0]) and n_bos[0] == n_plain[0] + 1
+
+
+def test_check_single_tokens_ignores_the_bos_a_bridge_tokenizer_adds(small_stand_in):
+    tokenizer = small_stand_in.tokenizer
+    assert len(tokenizer.encode(" Mary")) == 2  # this tokenizer prepends BOS
+    assert check_single_tokens(["Mary"], tokenizer) == check_single_tokens(["Mary"])
+    with pytest.raises(ValueError, match="Xylophonist"):
+        check_single_tokens(["Xylophonist"], tokenizer)

@@ -31,6 +31,14 @@ def _default_tokenizer() -> Any:
     return gpt2_tokenizer()
 
 
+def _encode_plain(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens (a bridge's tokenizer adds BOS)."""
+    try:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    except TypeError:  # a tokenizer without that option adds none
+        return list(tokenizer.encode(text))
+
+
 def check_single_tokens(
     words: Sequence[str],
     tokenizer: Any = None,
@@ -48,7 +56,7 @@ def check_single_tokens(
     ids: dict[str, int] = {}
     bad: list[str] = []
     for w in words:
-        toks = tokenizer.encode((" " if leading_space else "") + w)
+        toks = _encode_plain(tokenizer, (" " if leading_space else "") + w)
         if len(toks) != 1:
             bad.append(f"{w!r} -> {toks}")
         else:
