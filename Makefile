@@ -12,6 +12,8 @@ STAMP := $(VENV)/.casebook-installed
 venv: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
+	@echo "[make] setting up $(VENV): the pinned packages of requirements.txt and this repository's"
+	@echo "[make] helpers package (first use, or after requirements.txt/pyproject.toml changed; a few minutes)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -19,7 +21,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3"
 	touch $(STAMP)
 
-## Execute every chapter (papermill) and render the book into _build/html.
+## Execute every chapter (papermill) and render the book into _build/html. Its first lines say
+## what it will do (weights, device, chapters) and about how long; then [n/N] per chapter.
 ## MODEL_WEIGHTS=random forces the stand-in; without hub access it is chosen automatically.
 ## Unchanged chapters are reused from _build/cache; FORCE=1 re-executes all; SMOKE=1 runs
 ## every chapter at its small smoke size.
