@@ -255,7 +255,7 @@ def _random_hf_gpt2(spec: ModelSpec, seed: int):
         hf_model = GPT2LMHeadModel(config)
     hf_model.to_empty(device="cpu")
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU's only: a GPU's RNG stays as it was
         hf_model.init_weights()
         gpt2_like_parameters_(hf_model)
     return hf_model
