@@ -84,7 +84,10 @@ def load_helper_module(name: str):
     drives the kernels and does not import torch (``hub.py`` and ``project.py`` allow it)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"casebook_{name}", ROOT / "src" / "helpers" / f"{name}.py")
+    path = ROOT / "src" / "helpers" / f"{name}.py"
+    if not path.exists():  # a project folder without the package: this script's repository's
+        path = Path(__file__).resolve().parents[1] / "src" / "helpers" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"casebook_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # a dataclass looks its module up while being built
     spec.loader.exec_module(module)
