@@ -242,3 +242,12 @@ def test_a_factory_call_that_moves_leaves_its_input_where_it_was(harness):
     moved = torch.as_tensor(cpu, device="cuda")
     assert moved.is_cuda and not on_accelerator(cpu) and not cpu.is_cuda
     assert (cpu + torch.arange(4)).device.type == "cpu"  # still usable with CPU tensors
+
+
+def test_a_cpu_generator_cannot_draw_on_the_accelerator(harness):
+    g = torch.Generator().manual_seed(0)
+    probs = torch.ones(2, 5).to("cuda")
+    with pytest.raises(DeviceMixError, match="generator"):
+        torch.multinomial(probs, 1, generator=g)
+    drawn = torch.multinomial(probs.cpu(), 1, generator=g).to(probs.device)
+    assert drawn.is_cuda

@@ -253,17 +253,16 @@ class DeviceHarness(TorchFunctionMode):
             raise self._mix_error(name, big)
         if "device" in kwargs and kwargs["device"] is not None:
             acc = self._is_acc(kwargs["device"])
-            generator = kwargs.get("generator")
-            if generator is not None and acc != self._is_acc(generator.device):
-                raise DeviceMixError(
-                    f"Expected a '{self.accelerator if acc else 'cpu'}' device type for "
-                    f"generator but found '{generator.device.type}' (device harness: {name} "
-                    f"with device={kwargs['device']!r}). Draw on the generator's device, then "
-                    f"move the result with .to(device)."
-                )
             kwargs = dict(kwargs, device=self._real(kwargs["device"]))
         else:
             acc = any(acc_big) if big else any(on_accelerator(t) for t in tensors)
+        generator = kwargs.get("generator")
+        if isinstance(generator, torch.Generator) and acc != self._is_acc(generator.device):
+            raise DeviceMixError(
+                f"Expected a '{self.accelerator if acc else 'cpu'}' device type for generator "
+                f"but found '{generator.device.type}' (device harness: {name}). Draw on the "
+                f"generator's device, then move the result with .to(device)."
+            )
         out = func(*args, **kwargs)
         if isinstance(out, torch.Tensor) and on_accelerator(out) != acc and any(out is t for t in tensors):
             # e.g. torch.as_tensor(cpu_tensor, device="cuda") handed back its input: a real
