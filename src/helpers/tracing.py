@@ -720,7 +720,8 @@ def fit_head_gains(vectors: torch.Tensor, target: torch.Tensor, labels: Sequence
     yc = y - y.mean(0, keepdim=True)
     A = torch.einsum("njd,nkd->jk", Xc, Xc)
     b = torch.einsum("njd,nd->j", Xc, yc)
-    gains = torch.linalg.lstsq(A, b[:, None]).solution[:, 0]
+    # the k × k system is tiny: solve it on the CPU (lstsq is missing on some accelerators)
+    gains = torch.linalg.lstsq(A.cpu(), b.cpu()[:, None]).solution[:, 0].to(X.device)
     resid = yc - torch.einsum("k,nkd->nd", gains, Xc)
     total = float((yc**2).sum())
     r2 = 1.0 - float((resid**2).sum()) / total if total > 0 else math.nan
