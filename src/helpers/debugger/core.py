@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 
 from .nodes import (COLUMNS, HEAD_TARGETS, KINDS, TRACE_MODES, DebuggerInputError, Node,
-                    parse_node, sae_layer)
-from .run import Edit, LogitTarget, NodeTarget, Run, hooked_run, weights
+                    parse_node)
+from .run import Edit, LogitTarget, NodeTarget, Run, hooked_run
 from .table import build_frame, label_of, token_text, voted_tokens
 
 ABLATIONS = ("zero", "value", "mean", "pattern_mean")
