@@ -47,7 +47,6 @@ from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_map
 
 __all__ = [
     "HARNESS_ENV",
@@ -120,6 +119,27 @@ def _device_type(device: Any) -> str | None:
     if isinstance(device, int) and not isinstance(device, bool):  # .to(0)
         return "cuda"
     return None
+
+
+def _tensors_in(args, kwargs) -> list:
+    """The tensors among the arguments (and in lists, tuples and dicts two levels down)."""
+    found = []
+
+    def visit(value, depth):
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif depth and isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item, depth - 1)
+        elif depth and isinstance(value, dict):
+            for item in value.values():
+                visit(item, depth - 1)
+
+    for value in args:
+        visit(value, 2)
+    for value in kwargs.values():
+        visit(value, 2)
+    return found
 
 
 _FREE = {  # operations that legitimately take tensors from both devices
@@ -200,7 +220,15 @@ class DeviceHarness(TorchFunctionMode):
                     )
             return t
 
-        tree_map(mark, out)
+        if isinstance(out, torch.Tensor):
+            mark(out)
+        elif isinstance(out, (list, tuple)):
+            for item in out:
+                if isinstance(item, torch.Tensor):
+                    mark(item)
+                elif isinstance(item, (list, tuple)):
+                    for sub in item:
+                        mark(sub)
         return out
 
     # -- the mode ----------------------------------------------------------------------------
@@ -239,8 +267,7 @@ class DeviceHarness(TorchFunctionMode):
         if name == "Generator":
             return func(*args, **kwargs)
 
-        flat, _ = tree_flatten((args, kwargs))
-        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+        tensors = _tensors_in(args, kwargs)
         big = [t for t in tensors if t.ndim > 0]
         acc_big = [on_accelerator(t) for t in big]
         if name == "__getitem__" or name == "__setitem__":
