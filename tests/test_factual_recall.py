@@ -421,3 +421,43 @@ def test_scorecard_rows_fail_at_their_nulls_and_can_pass():
     assert row and not row[0].startswith("✓")
     stand = fr.scorecard(_measured(good.get), stand_in=True)
     assert all(v == "n/a (stand-in)" for r, v in zip(stand.rows, stand.verdicts()) if r.role == "graded")
+
+
+def test_capital_map_reads_each_countrys_mean_output(tiny_model):
+    from helpers import capture, hook_name
+
+    m = tiny_model
+    ps = fr.make_capital_prompts(30, seed=5)
+    out = fr.capital_map(m, ps, 1)
+    k = len(out["countries"])
+    assert out["mlp"]["matrix"].shape == (k, k) == out["resid_mid"]["matrix"].shape
+    _, acts = capture(m, ps.tokens, [hook_name("mlp_out", 1)])
+    at_end = acts[hook_name("mlp_out", 1)][torch.arange(len(ps)), ps.positions["END"]]
+    c0 = sorted(set(ps.fields["country"]))[0]
+    rows = torch.tensor(ps.fields["country"]) == c0
+    cap = TOK.encode(" " + fr.CAPITALS[c0][1])[0]
+    want = at_end[rows].mean(0) @ (m.W_U[:, cap] - m.W_U.mean(-1))
+    assert abs(float(out["mlp"]["matrix"][0, 0]) - float(want)) < 1e-4
+    mat = out["mlp_countries"]["matrix"]
+    assert torch.allclose(out["mlp_countries"]["margin"],
+                          mat.diagonal() - (mat.sum(1) - mat.diagonal()) / (k - 1), atol=1e-5)
+    assert 0 <= out["mlp"]["share"] <= 1
+
+
+def test_anti_overconfidence_is_held_out_and_its_deltas_are_real_ablations(tiny_model):
+    m = tiny_model
+    ps = fr.make_capital_prompts(16, seed=1)
+    res = fr.anti_overconfidence(m, ps, k=2, mid_layer=0, n_random=2, n_neurons=2, seed=3)
+    assert not set(res["choose"]) & set(res["score"]) and len(res["score"]) == 8
+    order = res["de_last"].argsort()[:2].tolist()
+    assert res["suppressors"] == [res["components"][i] for i in order]
+    scored = ps.subset(res["score"])
+    base = fr.lv_metrics(m, scored)["prob"]
+    from helpers import scale_hooks
+
+    zeroed = fr.lv_metrics(m, scored, fwd_hooks=scale_hooks(m, {c: 0.0 for c in res["suppressors"]}))
+    assert torch.allclose(res["dp_suppressors"], zeroed["prob"] - base, atol=1e-6)
+    for key in ("dp_random", "dp_mid", "dp_neurons", "specificity", "lens_drop"):
+        assert res[key].shape == (8,) and not res[key].isnan().any()
+    with pytest.raises(ValueError, match="mid_layer"):
+        fr.anti_overconfidence(m, ps, mid_layer=m.cfg.n_layers - 1)
