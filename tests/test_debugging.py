@@ -782,3 +782,24 @@ def test_an_sae_trained_with_bos_refuses_a_prompt_without_it(tiny_model, fake_hu
         Debugger(tiny_model, PROMPT, " Mary", " John", sae=sae)
     d = Debugger(tiny_model, PROMPT, " Mary", " John", prepend_bos=True, sae=sae)
     assert np.isfinite(d.logit_diff)
+
+
+def test_input_tokens_of_a_planted_key_are_the_tokens_it_reads():
+    """Head 1.0's key reads only dimension 63 of the residual stream: at a source without the
+    position marker, the tokens that most up-vote its key are those whose embedding is
+    largest along e_63 (after LayerNorm's centring); the most down-voting, the smallest."""
+    from helpers.debugger import input_tokens
+    from helpers.debugger.run import weights
+
+    model = planted_query_model()
+    d = Debugger(model, PROMPT, " Mary", " John")
+    tab = input_tokens(d, f"H1.0 {d.n_tokens - 1}<-0", "k", k=5)
+    W_E = weights(model)["W_E"].float()
+    along = W_E[:, 63] - W_E.mean(-1)
+    order = along.argsort(descending=True).tolist()
+    rank = {t: r for r, t in enumerate(order)}
+    ids = {repr(model.to_string([t])): t for t in order[:2000] + order[-2000:]}
+    up = [rank[ids[s]] for s in tab.up if s in ids]
+    down = [len(order) - 1 - rank[ids[s]] for s in tab.down if s in ids]
+    assert len(up) == 5 and max(up) < 0.01 * len(order), up
+    assert len(down) == 5 and max(down) < 0.01 * len(order), down
