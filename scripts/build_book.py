@@ -110,7 +110,8 @@ def accelerator_note() -> str:
     return "the CPU (no GPU found)"
 
 
-def announce_plan(notebooks: list[Path], weights: str, smoke: bool, cache_dir: Path) -> None:
+def announce_plan(notebooks: list[Path], weights: str, smoke: bool, cache_dir: Path, render: bool = True,
+                  html: Path | None = None) -> None:
     """The build's first lines: what it will do and about how long it takes."""
     key = "runtime_budget_seconds" if smoke else "full_runtime_budget_seconds"
     default = 60 if smoke else 600
@@ -122,12 +123,13 @@ def announce_plan(notebooks: list[Path], weights: str, smoke: bool, cache_dir: P
     size = "smoke size (small, quick)" if smoke else "default size"
     model = ("the stand-in (GPT-2's architecture, random weights: figures show the pipeline, "
              "not GPT-2)" if weights == "random" else "GPT-2's real weights")
-    log(f"plan: execute {len(notebooks)} chapters at {size} with {model}, on {accelerator_note()}, "
-        f"then render the site into {shown(cache_dir.parent / 'html')}")
+    chapters = f"{len(notebooks)} chapter{'s' if len(notebooks) != 1 else ''}"
+    then = f", then render the site into {shown(html or ROOT / '_build' / 'html')}" if render else ""
+    log(f"plan: execute {chapters} at {size} with {model}, on {accelerator_note()}{then}")
     log(f"time: about {max(1, round(total / 60))} min on 2 CPU cores for the chapters (targets: "
         + ", ".join(f"{p.stem} {b // 60 if b >= 120 else b}{' min' if b >= 120 else ' s'}"
                     for p, b in zip(notebooks, budgets))
-        + f") plus about 1 min to render; a GPU is faster. Chapters unchanged since the last build "
+        + f"){' plus about 1 min to render' if render else ''}; a GPU is faster. Chapters unchanged since the last build "
           f"are reused from {shown(cache_dir)} (FORCE=1 re-runs them).")
 
 
@@ -280,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     # A build under the device harness keeps its own cache: it must not stand in for a plain one.
     cache_dir = args.cache or (out / "cache" / "device-harness" if device_harness_requested() else out / "cache")
-    announce_plan(notebooks, weights, args.smoke, cache_dir)
+    announce_plan(notebooks, weights, args.smoke, cache_dir, render=not args.no_render, html=out / "html")
     stage = out / "stage"
     shutil.rmtree(out / "reports", ignore_errors=True)  # failure reports of an earlier build
     stage_sources(stage, stand_in=weights == "random")
