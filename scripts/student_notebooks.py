@@ -20,8 +20,9 @@ authored in ``teacher/exercises/`` and placed into the chapters by
 **Autograding (otter-grader).** Each graded exercise (its ``{exercise}`` cell's
 ``metadata.casebook.graded``: the learner's function, the check, its points) becomes an
 otter test, ``passes(check, model, function)``, which re-runs the book's check on the
-learner's function. The tests are stored in the student notebook's metadata
-(``metadata.otter``, otter's notebook format) and, with ``--teacher DIR``, in one otter
+learner's function. The student notebook's metadata names the otter assignment
+(``metadata.otter.assignment_name``) and lists the graded exercises with their points
+(``metadata.casebook.graded``); with ``--teacher DIR`` the tests go into one otter
 autograder per chapter (``DIR/autograder/NN_slug.zip``: ``otter run -a
 NN_slug.zip submission.ipynb`` grades one submission without Docker). ``--teacher`` also
 writes the reference solutions (``DIR/solutions/NN_slug.py``, every exercise's solution
@@ -106,7 +107,10 @@ def make_student(nb):
     nb.metadata.setdefault("casebook", {})["student_copy"] = True
     tests = otter_tests(nb)
     if tests:
-        nb.metadata["otter"] = {"OK_FORMAT": True, "assignment_name": _assignment(nb), "tests": tests}
+        # otter reads the assignment's name from here; the tests themselves go into the
+        # autograder (--teacher), where learners do not see them
+        nb.metadata["otter"] = {"assignment_name": _assignment(nb)}
+        nb.metadata["casebook"]["graded"] = {k: t["points"] for k, t in tests.items()}
     return nb
 
 
@@ -148,6 +152,7 @@ def write_autograder(nb, path: Path) -> Path:
     tests = otter_tests(nb)
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as z:
+        z.writestr("tests/", "")  # otter expects the folder's own entry
         for label, test in tests.items():
             z.writestr(f"tests/{label}.py", f"OK_FORMAT = True\n\ntest = {test!r}\n")
         z.writestr("otter_config.json", json.dumps({"lang": "python", "logo": False,

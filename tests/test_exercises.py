@@ -11,12 +11,16 @@ import pytest
 import torch
 
 from helpers.exercises import run_check
-from helpers.exercises.tour import check_dla, check_logit_diff, reference_dla, reference_logit_diff
+from helpers.exercises.tour import check_dla, check_logit_diff
 from helpers.project import student_notebook_links
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
 from student_notebooks import exercise_labels, make_student, plain_markdown  # noqa: E402
+from teacher.short_checks import SHORT_CHECKS, answers_source  # noqa: E402
+from teacher.short_checks import dla as reference_dla  # noqa: E402
+from teacher.short_checks import logit_diff as reference_logit_diff  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 WITH_EXERCISES = [p for p in NOTEBOOKS if exercise_labels(nbformat.read(p, as_version=4))]
@@ -106,7 +110,7 @@ def test_solution_code_cells_are_counted_per_label():
 def test_chapter_exercises_follow_the_pattern(path):
     nb = nbformat.read(path, as_version=4)
     labels = exercise_labels(nb)
-    assert 3 <= len(labels) <= 6, labels
+    assert len(labels) >= 3, labels
     stubs = [c for c in nb.cells if "exercise-stub" in c.metadata.get("tags", [])]
     assert len(stubs) >= 2  # at least two ask for code
     assert all("remove-cell" in c.metadata["tags"] and "NotImplementedError" in c.source for c in stubs)
@@ -153,12 +157,9 @@ def test_student_notebook_runs_at_smoke_size_with_the_stubs(path, tmp_path):
 
 def test_ioi_checks_pass_the_reference_and_name_known_mistakes():
     from helpers import folded_layer_norm
-    from helpers.exercises.ioi import (
-        check_copy_score,
-        check_mean_ablation,
-        reference_copy_score,
-        reference_mean_ablation,
-    )
+    from helpers.exercises.ioi import check_copy_score, check_mean_ablation
+    from teacher.short_checks import copy_score as reference_copy_score
+    from teacher.short_checks import mean_ablation as reference_mean_ablation
 
     assert check_copy_score(reference_copy_score).passed
     no_ln = check_copy_score(lambda r, V, O, U, t, k=5: (
@@ -177,3 +178,87 @@ def test_ioi_checks_pass_the_reference_and_name_known_mistakes():
     off_by_one = check_mean_ablation(lambda z, m, h, p: reference_mean_ablation(z, m, h + 1, p))
     assert "off by one" in off_by_one.message
     assert check_mean_ablation(_todo).status == "todo"
+
+
+# ------------------------------------------------------------------ short checks: stored answers
+
+
+def _short_check(name):
+    cases = SHORT_CHECKS[name][0]
+    module = sys.modules[cases.__module__]
+    checks = [getattr(module, f) for f in module.__all__ if f.startswith("check_")]
+    for check in checks:  # the check whose inputs are these cases
+        if check.__code__.co_argcount == 1 and name in check(lambda *a: "x").message:
+            return check
+    raise AssertionError(f"no check for {name!r}")
+
+
+@pytest.mark.parametrize("name", list(SHORT_CHECKS))
+def test_short_check_passes_the_teachers_reference_and_names_each_mistake(name, capsys):
+    _, reference, mistakes = SHORT_CHECKS[name]
+    check = _short_check(name)
+    assert check(reference).passed
+    for description, mistake in mistakes.items():
+        result = check(mistake)
+        wrong = [torch.as_tensor(mistake(*a)) for _, a in SHORT_CHECKS[name][0]()]
+        if all(bool((w == 0).all()) for w in wrong):  # an all-zero answer is never a mistake
+            assert "all zeros" in result.message, (description, result.message)
+        else:  # this mistake, or another that gives the same output on the failing input
+            named = [d for d in mistakes if d in result.message]
+            same = [d for d in named if d == description or any(
+                torch.allclose(torch.as_tensor(mistakes[d](*a)).float(), torch.as_tensor(mistake(*a)).float())
+                for label, a in SHORT_CHECKS[name][0]() if label in result.message)]
+            assert result.status == "fail" and same, (description, result.message)
+    assert check(_todo).status == "todo"
+
+
+def test_stored_answers_are_what_the_teachers_solutions_give():
+    stored = (ROOT / "src" / "helpers" / "exercises" / "_answers.py").read_text(encoding="utf-8")
+    assert stored == answers_source(), "run: python scripts/student_notebooks.py --answers"
+
+
+def test_checks_report_in_place_changes_and_all_zero_answers():
+    def doubles_in_place(x):
+        x.mul_(2)
+        return x
+
+    cases = [("a vector", (torch.tensor([1.0, 2.0]),))]
+    result = run_check("double", doubles_in_place, lambda x: 2 * x, cases, quiet=True)
+    assert result.status == "fail" and "changed its input `argument 1` in place" in result.message
+    # a known mistake that gives zeros is not named when the answer is all zeros
+    zero = run_check("double", lambda x: torch.zeros(2), lambda x: 2 * x, cases, quiet=True,
+                     known_mistakes={"you multiplied by zero": lambda x: 0 * x})
+    assert "all zeros" in zero.message and "multiplied by zero" not in zero.message
+    # the learner's copy is not the caller's: the inputs are unchanged afterwards
+    x = torch.tensor([1.0, 2.0])
+    run_check("double", lambda v: v.mul_(2), lambda v: 2 * v, [("x", (x,))], quiet=True)
+    assert x.tolist() == [1.0, 2.0]
+
+
+def test_the_installed_package_has_no_reference_solutions(tmp_path):
+    """A copy of ``helpers`` outside the repository (as pip installs it) offers no
+    ``reference_*`` and defines none of the teacher's solutions."""
+    import shutil
+
+    shutil.copytree(ROOT / "src" / "helpers", tmp_path / "site" / "helpers",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = (
+        "import importlib\n"
+        "for m in ['tour', 'ioi', 'acronyms', 'successor_heads', 'factual_recall', 'circuit_reuse',"
+        " 'debugging']:\n"
+        "    mod = importlib.import_module('helpers.exercises.' + m)\n"
+        "    assert not [n for n in dir(mod) if n.startswith('reference')], m\n"
+        "    try:\n"
+        "        getattr(mod, 'reference_x')\n"
+        "    except AttributeError as err:\n"
+        "        assert 'not part of the learner' in str(err), err\n"
+        "    else:\n"
+        "        raise SystemExit('reference found in ' + m)\n"
+        "print('clean')\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0 and "clean" in out.stdout, out.stderr[-2000:]
+    source = "\n".join(p.read_text() for p in (ROOT / "src" / "helpers" / "exercises").glob("*.py"))
+    assert "def reference_" not in source
