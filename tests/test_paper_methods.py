@@ -55,42 +55,58 @@ SENDER = (1, 1)
 
 @lru_cache(maxsize=1)
 def build_key_planted(seed: int = 3):
-    """The planted model of conftest_patching (head 2.0 attends to position 1 through its key,
-    which reads residual direction 63, and copies the name there) plus a *key sender*: head
-    1.1 attends uniformly, reads the name (+ for Mary's direction 0, − for John's direction
-    1) and writes it, times ``BETA``, into direction 63. So at position 1 Mary raises 2.0's
-    key and John lowers it: 1.1 matters for 2.0 only through 2.0's keys."""
+    """The planted model of conftest_patching (head 2.0 attends to position 1 through its key
+    and copies the name there) plus a *key sender*: head 1.1 also attends to position 1
+    (constant query, key on the marker, direction 63), reads the name there (+1 for Mary's
+    direction 0, −1 for John's direction 1, after ln_1) and writes it, times ``BETA``, into
+    direction 62, which 2.0's key reads beside 63. So at position 1 Mary raises 2.0's key
+    and John lowers it: 1.1 matters for 2.0 only through 2.0's keys.
+
+    Built on the GPT-2-like parameters (non-zero biases, LayerNorm weights ≠ 1 and biases ≠
+    0), which forced two choices, each so that the sender's write is ±(the same vector):
+    the sender writes into its own direction 62, not onto the marker's 63 (on 63, Mary's
+    write added to the marker and John's cancelled it, so the residual's norm at position 1,
+    hence the LayerNorm scale of 2.0's *values*, depended on the name: a value-path effect
+    of a quarter of the key-path one); and its value weights and own value bias undo
+    ln_1's scale and bias on directions 0 and 1 (what a hand-built head reading "the name"
+    would define), so Mary and John give +1 and −1, not γ₀ + β₀ − β₁ and −γ₁ + β₀ − β₁.
+    The layer's LayerNorm itself keeps its drawn parameters."""
     from conftest_patching import ALPHA, C, MARK, NAME_NORM, head_slices, seeded_hf_gpt2
 
     dh = SPEC.d_head
-    hf = seeded_hf_gpt2(SPEC, seed, initializer_range=0.15)
+    hf = seeded_hf_gpt2(SPEC, seed, initializer_range=0.15, gpt2_like=True)
     mary, john = name_ids()
     with torch.no_grad():
         wte, wpe = hf.transformer.wte.weight, hf.transformer.wpe.weight
         wte[mary], wte[john] = 0.0, 0.0
         wte[mary, 0], wte[john, 1] = NAME_NORM, NAME_NORM
         wpe[1, 63] = MARK
-        # receiver 2.0: constant query, key = direction 63, value = directions 0..15
+        # receiver 2.0: constant query, key = directions 63 + 62, value = directions 0..15
         attn = hf.transformer.h[2].attn
         W, b, P = attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight
         q, k, v = head_slices(0, SPEC)
         W[:, q], b[q], W[:, k], b[k], W[:, v], b[v] = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
         b[q.start] = C
-        W[63, k.start] = 1.0
+        W[63, k.start], W[62, k.start] = 1.0, 1.0
         for i in range(dh):
             W[i, v.start + i] = 1.0
         P[0:dh] = 0.0
         for i in range(dh):
             P[i, i] = ALPHA
-        # sender 1.1: uniform attention, value = direction 0 − direction 1, output → direction 63
-        attn = hf.transformer.h[SENDER[0]].attn
+        # sender 1.1: attends to the marker; value = name (+ Mary, − John); output → 62
+        block = hf.transformer.h[SENDER[0]]
+        gamma, beta = block.ln_1.weight, block.ln_1.bias
+        attn = block.attn
         W, b, P = attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight
         h = SENDER[1]
         q, k, v = head_slices(h, SPEC)
         W[:, q], b[q], W[:, k], b[k], W[:, v], b[v] = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-        W[0, v.start], W[1, v.start] = 1.0, -1.0
+        b[q.start] = C
+        W[63, k.start] = 1.0
+        W[0, v.start], W[1, v.start] = 1.0 / gamma[0], -1.0 / gamma[1]
+        b[v.start] = beta[1] / gamma[1] - beta[0] / gamma[0]
         P[h * dh : (h + 1) * dh] = 0.0
-        P[h * dh, 63] = BETA
+        P[h * dh, 62] = BETA
     return boot(hf, SPEC, seed)
 
 
@@ -137,7 +153,7 @@ def build_copy_planted(seed: int = 5):
     from conftest_patching import head_slices, seeded_hf_gpt2
 
     dh = SPEC.d_head
-    hf = seeded_hf_gpt2(SPEC, seed, n_layers=2)
+    hf = seeded_hf_gpt2(SPEC, seed, n_layers=2, gpt2_like=True)
     tok = gpt2_tokenizer()
     with torch.no_grad():
         wte = hf.transformer.wte.weight
