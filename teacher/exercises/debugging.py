@@ -42,7 +42,7 @@ def act_times_grad(model, tokens, layer, head, target, distractor):
             tokens, fwd_hooks=[(hook_name("pattern", layer), keep)])[0, -1]
         (logits[target] - logits[distractor]).backward()
     pattern = store["pattern"]
-    return float((pattern[0, head] * pattern.grad[0, head]).sum())
+    return float((pattern[0, head] * pattern.grad[0, head]).sum().detach())
 ''',
     "check_act_times_grad(model, act_times_grad)",
 )

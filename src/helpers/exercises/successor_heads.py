@@ -99,7 +99,7 @@ def check_layer_succession_scores(model, fn, *, layer: int | None = None, quiet:
                 lambda: argmax_score(ov("embed"), succ.clamp_min(0), valid),
             "you took the argmax down the columns; each row is one input token, so take it "
             "along the row (dim -1)":
-                lambda: (ov()[:, valid].argmax(-2) == succ[valid]).float().mean(-1),
+                lambda: (ov()[:, :, valid].argmax(-2) == torch.arange(len(ids))[valid]).float().mean(-1),
         },
         names=("model", "layer", "token_ids", "successor"),
     )
