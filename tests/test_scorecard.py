@@ -173,3 +173,8 @@ def test_section_anchor_follows_docutils():
     assert scorecard_data.section_anchor("3d. Path patching: the S-inhibition heads' keys") == \
         "d-path-patching-the-s-inhibition-heads-keys"
     assert scorecard_data.section_anchor("Scorecard") == "scorecard"
+
+
+def test_the_old_add_without_a_kind_or_null_is_refused():
+    with pytest.raises(TypeError, match="kind and a null"):
+        Scorecard("t", stand_in=False).add("x", REF, 0.5, tolerance=0.1)

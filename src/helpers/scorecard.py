@@ -304,27 +304,13 @@ class Scorecard:
                              note))
         return self
 
-    def add(self, quantity, reference, measured, *, tolerance, relative=False,
-            structural=False):
-        """Deprecated (to be removed): a band row without a null. Use a kind with its null."""
-        import warnings
-
-        warnings.warn(
-            f"Scorecard.add({quantity!r}) is deprecated: every row needs a kind and a null. Use "
+    def add(self, quantity, *args, **kwargs):
+        """Removed: every row now has a kind and a null (see the module docstring)."""
+        raise TypeError(
+            f"Scorecard.add({quantity!r}) is gone: every row needs a kind and a null. Use "
             "card.band(..., null=...), card.at_least / at_most / sign / top_k / ordering / "
             "overlap for graded rows, card.data_check for data and architecture checks, "
-            "card.info for numbers that cannot be compared like for like.",
-            DeprecationWarning, stacklevel=2)
-        if tolerance < 0:
-            raise ValueError(f"tolerance must be ≥ 0, got {tolerance!r} for {quantity!r}.")
-        if structural:
-            return self.data_check(quantity, reference, measured, tolerance)
-        crit = {"kind": "band", "center": float(reference.value), "tol": float(tolerance),
-                "relative": bool(relative)}
-        measured, se, n = self._value(quantity, measured, None, None)
-        self.rows.append(Row(quantity, reference, "graded", crit, measured, None, n, None,
-                             None, reference.note))
-        return self
+            "card.info for numbers that cannot be compared like for like.")
 
     # --- verdicts and views -----------------------------------------------------------------
 
