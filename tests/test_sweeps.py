@@ -1,9 +1,10 @@
 """The fast activation-patching sweeps (helpers._sweeps behind helpers.patching) against the
 plain computation: one full hooked forward pass per configuration (``run_with_patches``).
 
-Two models: the planted 3-layer model (conftest_patching) and a random 4-layer one with large
-weights (initializer range 0.3) so that every patch moves the metric; both directions, every
-sweep, three kinds of metric.
+Two models: the planted 3-layer model (conftest_patching) and a random 3-layer one with large
+weights (initializer range 0.3) so that every patch moves the metric, both with GPT-2's kinds
+of non-zero biases and LayerNorm parameters; both directions, every sweep, three kinds of
+metric.
 """
 
 from functools import lru_cache
@@ -31,15 +32,11 @@ BIG = ModelSpec("tiny-big", "openai-community/gpt2", n_layers=3, n_heads=4, d_mo
 
 @lru_cache(maxsize=1)
 def big_model():
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from conftest_patching import seeded_hf_gpt2
 
-    config = GPT2Config(
-        n_layer=BIG.n_layers, n_head=BIG.n_heads, n_embd=BIG.d_model, n_positions=64,
-        vocab_size=BIG.d_vocab, initializer_range=0.3,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(11)
-        hf = GPT2LMHeadModel(config)
+    # biases and LayerNorm parameters non-zero (gpt2_like), so a sweep that drops a bias
+    # disagrees with the plain hooked pass
+    hf = seeded_hf_gpt2(BIG, 11, initializer_range=0.3, gpt2_like=True)
     return boot(hf, BIG, 11)
 
 
