@@ -59,16 +59,16 @@ def boot(hf_model, spec: ModelSpec, seed: int, device="cpu"):
 
 
 def seeded_hf_gpt2(spec: ModelSpec, seed: int, *, n_layers: int | None = None, n_positions: int = 64,
-                   initializer_range: float = 0.02, gpt2_like: bool = False):
+                   initializer_range: float = 0.02, gpt2_like: bool = True):
     """A Hugging Face GPT-2 of ``spec``'s shape with seeded random weights, to edit by hand
     before :func:`boot` (the global RNG is left as it was).
 
-    ``gpt2_like=True``: non-zero biases and LayerNorm weights and biases, drawn as the
-    stand-in's (``helpers.models.gpt2_like_parameters_``), so that a helper that drops or
-    double-counts a bias changes the answer (``planted`` below uses it). The default keeps
-    GPT-2's init (biases 0, LayerNorm 1/0), which some hand-built mechanisms rely on: a
-    planted model opts in once its construction holds with the real GPT-2's kinds of
-    parameters."""
+    ``gpt2_like`` (the default): non-zero biases and LayerNorm weights and biases, drawn as
+    the stand-in's (``helpers.models.gpt2_like_parameters_``), so that a helper that drops
+    or double-counts a bias changes the answer. Every planted and random test model uses
+    it; a hand-built head that needs a bias of its own sets that head's bias (e.g.
+    ``test_paper_methods.build_key_planted``), never the LayerNorms. ``gpt2_like=False``
+    keeps GPT-2's init (biases 0, LayerNorm 1/0): only for a test about that init."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(n_layer=n_layers or spec.n_layers, n_head=spec.n_heads, n_embd=spec.d_model,
