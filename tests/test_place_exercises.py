@@ -79,3 +79,13 @@ def test_the_course_guide_lists_exactly_the_placed_exercises(placed):
 def test_the_chapter_notebooks_have_their_exercises_placed():
     """Fails until `python scripts/place_exercises.py` has been run on notebooks/."""
     assert P.main(["--check"]) == 0, "run: python scripts/place_exercises.py"
+
+
+def test_every_stub_and_solution_is_valid_python():
+    """Stubs run in the book too (hidden): a broken one stops the build."""
+    import ast
+
+    for exercises in CHAPTERS.values():
+        for e in exercises:
+            for source in ([e.stub] if e.stub else []) + [s for k, s in e.solution if k == "code"]:
+                ast.parse(source)

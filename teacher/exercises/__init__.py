@@ -81,8 +81,9 @@ def coding(imports: str, definition: str, check_call: str) -> tuple[str, str]:
     """``(stub, solution)`` cells from a function's imports, full definition and check call:
     the stub keeps the signature and docstring and raises ``NotImplementedError``."""
     lines = definition.strip("\n").splitlines()
-    head = [lines[0]]
-    rest = lines[1:]
+    end = next(i for i, line in enumerate(lines) if line.rstrip().endswith(":"))  # a signature may wrap
+    head = lines[: end + 1]
+    rest = lines[end + 1:]
     if rest and rest[0].strip().startswith('"""'):
         i = 0
         head.append(rest[0])
