@@ -172,10 +172,10 @@ check_noise_scale(my_noise_scale)
     Exercise(
         label='fr-gain-fit',
         title='One gain per head',
-        anchor=('Argument passing',),
+        anchor=('The MLP as an', 'Argument passing'),
         kind='code', difficulty=2, importance=1, minutes=20,
         goal=r"""\
-Section 4 fitted $y_i \approx b + \sum_h g_h x_{i,h}$. Write `my_gain_fit(X, y)`
+Section 5 fitted $y_i \approx b + \sum_h g_h x_{i,h}$. Write `my_gain_fit(X, y)`
 returning the gains `[k]`: `X` is `[n, k, d]` (each head's output for `n` prompts), `y`
 is `[n, d]`; one scalar gain per head shared by every dimension, and one intercept per
 dimension.
