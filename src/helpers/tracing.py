@@ -574,7 +574,9 @@ def rome_noise_scale(model, subjects: Sequence[str], tokenizer=None, factor: flo
     if not subjects:
         raise ValueError("rome_noise_scale needs at least one subject")
     tok = tokenizer if tokenizer is not None else model.tokenizer
-    ids = [i for s in subjects for i in tok.encode(str(s))]
+    from .prompts import _encode_plain  # no BOS (a bridge's tokenizer adds one)
+
+    ids = [i for s in subjects for i in _encode_plain(tok, str(s))]
     if not ids:
         raise ValueError("the subjects tokenise to nothing")
     emb = model.W_E[torch.tensor(ids, device=model.W_E.device)]
