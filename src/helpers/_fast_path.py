@@ -307,7 +307,7 @@ def run(model, clean, corrupt, recv, reachable, smask, metric, *, batch_tokens=N
     groups = _group_senders(reachable)
     progress_bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .display import tqdm
 
         progress_bar = tqdm(total=len(reachable), desc="path patching")
 

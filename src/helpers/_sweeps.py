@@ -396,7 +396,7 @@ class _Engine:
                 values[j] = self.base
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from .display import tqdm
 
             bar = tqdm(total=len(configs), desc=desc)
             bar.update(len(configs) - sum(map(len, todo.values())))

@@ -242,7 +242,7 @@ def circuit_scores(
     scores: list[float] = []
     starts = range(0, len(masks), per_pass)
     if progress:
-        from tqdm.auto import tqdm
+        from .display import tqdm
 
         starts = tqdm(starts, desc=f"{len(masks)} ablation configurations")
     for start in starts:
@@ -443,7 +443,7 @@ def circuit_scores_per_prompt(evaluator: CircuitEvaluator, removals: list, *, ci
     per_pass = max(1, batch_tokens // (batch * seq))
     starts = range(0, len(masks), per_pass)
     if progress:
-        from tqdm.auto import tqdm
+        from .display import tqdm
 
         starts = tqdm(starts, desc=f"{len(masks)} ablation configurations")
     out = []

@@ -130,3 +130,18 @@ def attention_view(
 def show_attention(tokens, patterns, heads=None, *, mode: str | None = None) -> None:
     """Display ``attention_view(...)`` (same arguments)."""
     display(attention_view(tokens, patterns, heads, mode=mode))
+
+
+def tqdm(*args, **kwargs):
+    """``tqdm.auto``'s progress bar, switched off when ``TQDM_DISABLE`` is set.
+
+    tqdm's notebook bar (chosen once ipywidgets is installed) passes ``disable=False`` itself
+    and so ignores ``TQDM_DISABLE``: the book build would store widget outputs (and the page
+    would fetch widget scripts from a CDN). Every helper's progress bar goes through here.
+    """
+    from tqdm.auto import tqdm as _tqdm
+
+    kwargs.setdefault("disable", os.environ.get("TQDM_DISABLE", "").strip().lower()
+                      not in ("", "0", "false", "no"))
+    return _tqdm(*args, **kwargs)
+

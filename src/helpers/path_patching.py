@@ -115,7 +115,7 @@ def path_patch_reference(
     out = torch.full((n_layers, model.cfg.n_heads), math.nan)
     iterator = reachable
     if progress:
-        from tqdm.auto import tqdm
+        from .display import tqdm
 
         iterator = tqdm(reachable, desc="path patching (reference)")
     for sL, sh in iterator:

@@ -180,7 +180,7 @@ def bos_swap_sweep(
     per_pass = max(1, batch_tokens // (batch * seq))
     groups = [heads[i : i + per_pass] for i in range(0, len(heads), per_pass)]
     if progress:
-        from tqdm.auto import tqdm
+        from .display import tqdm
 
         groups = tqdm(groups, desc="BOS swap, one head at a time")
     for group in groups:

@@ -244,7 +244,7 @@ def causal_trace(
     clean_p, corrupt_p = torch.zeros(n), torch.zeros(n)
     iterator = range(n)
     if progress:
-        from tqdm.auto import tqdm
+        from .display import tqdm
 
         iterator = tqdm(iterator, desc=f"causal tracing ({kind}, window {window})")
     checked = method == "plain"
@@ -504,7 +504,7 @@ def attention_knockout(
     knocked = torch.zeros(n, n_layers)
     starts = range(0, len(configs), per_pass)
     if progress:
-        from tqdm.auto import tqdm
+        from .display import tqdm
 
         starts = tqdm(starts, desc="attention knockout")
     for start in starts:

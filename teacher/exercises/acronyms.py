@@ -22,7 +22,8 @@ _ADD_BACK = coding(
     "from helpers.exercises.acronyms import check_add_back",
     '''
 def add_back_curve(model, tokens, metric, means, order):
-    """The metric with every head ablated, then order's heads kept one by one."""
+    """The metric with every head ablated, then order's heads kept one by
+    one."""
     batch, seq = tokens.shape
     curve = []
     for k in range(len(order) + 1):

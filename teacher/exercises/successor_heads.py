@@ -28,7 +28,8 @@ def layer_succession_scores(model, layer, token_ids, successor):
     scored = successor >= 0
     scores = []
     for head in range(model.cfg.n_heads):
-        logits = effective_ov(model, layer, head, token_ids)  # the last exercise
+        # the previous exercise's function
+        logits = effective_ov(model, layer, head, token_ids)
         hits = logits[scored].argmax(-1) == successor[scored]
         scores.append(hits.float().mean())
     return torch.stack(scores)

@@ -661,7 +661,7 @@ def add_back_values(model, ds: AcronymDataset, means: torch.Tensor, order, *,
         raise ValueError(f"means has {means.shape[0]} rows; need 1 or one per prompt ({len(ds)})")
     steps = range(len(order) + 1)
     if progress:
-        from tqdm.auto import tqdm
+        from ..display import tqdm
 
         steps = tqdm(steps, desc="add-back curve")
     out = []
