@@ -57,17 +57,9 @@ def attention_between(
     ``tokens``: ``[n, seq]``; ``query``, ``key``: ``[n]`` positions (one per prompt) or ints.
     Only the patterns of the heads' layers are kept.
     """
-    tokens = as_tokens(tokens).to(model.cfg.device)
-    n = tokens.shape[0]
     heads = [parse_head(h) for h in heads]
-    q = torch.as_tensor(query).expand(n) if torch.as_tensor(query).ndim == 0 else torch.as_tensor(query)
-    kk = torch.as_tensor(key).expand(n) if torch.as_tensor(key).ndim == 0 else torch.as_tensor(key)
-    names = sorted({hook_name("pattern", L) for L, _ in heads})
-    _, cache = model.run_with_cache(tokens, names_filter=names)
-    rows = torch.arange(n)
-    return {
-        head_label(L, h): cache[hook_name("pattern", L)][rows, h, q, kk].mean().item() for L, h in heads
-    }
+    values = attention_values(model, tokens, heads, query, key)  # [n, len(heads)]
+    return {head_label(L, h): values[:, i].mean().item() for i, (L, h) in enumerate(heads)}
 
 
 @torch.no_grad()

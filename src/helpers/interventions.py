@@ -33,6 +33,17 @@ __all__ = ["attention_edit_hooks", "edited_logits", "zero_value_hooks", "layer_e
 Hooks = Union[Sequence, Callable[[torch.Tensor], Sequence]]
 
 
+def _heads_by_layer(model, heads) -> dict[int, list[int]]:
+    """``{layer: [head, ...]}`` for ``"L.H"`` labels (or pairs), each checked to exist."""
+    by_layer: dict[int, list[int]] = {}
+    for head in heads:
+        L, h = parse_head(head)
+        if not (0 <= L < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
+            raise ValueError(f"head {L}.{h} does not exist in a {model.cfg.n_layers}x{model.cfg.n_heads} model")
+        by_layer.setdefault(L, []).append(h)
+    return by_layer
+
+
 def attention_edit_hooks(
     model,
     heads: Iterable[str | Head],
@@ -69,12 +80,7 @@ def attention_edit_hooks(
         block = torch.as_tensor(block, dtype=torch.bool)
         if block.ndim != 2 or block.shape[0] != n:
             raise ValueError(f"block must be [n, seq] with n = {n}, got {tuple(block.shape)}")
-    by_layer: dict[int, list[int]] = {}
-    for head in heads:
-        L, h = parse_head(head)
-        if not (0 <= L < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
-            raise ValueError(f"head {L}.{h} does not exist in a {model.cfg.n_layers}x{model.cfg.n_heads} model")
-        by_layer.setdefault(L, []).append(h)
+    by_layer = _heads_by_layer(model, heads)
 
     def make(hs: list[int]):
         def edit(pattern, hook):  # [n, heads, query, key]
@@ -122,12 +128,7 @@ def zero_value_hooks(model, heads: Iterable[str | Head]) -> list:
     output is then 0 everywhere; its value bias, which compatibility mode folds into the
     layer's ``b_O`` (as the authors' TransformerLens ``from_pretrained`` does by default),
     still reaches the residual stream, as in their run. Other heads are untouched."""
-    by_layer: dict[int, list[int]] = {}
-    for head in heads:
-        L, h = parse_head(head)
-        if not (0 <= L < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
-            raise ValueError(f"head {L}.{h} does not exist in a {model.cfg.n_layers}x{model.cfg.n_heads} model")
-        by_layer.setdefault(L, []).append(h)
+    by_layer = _heads_by_layer(model, heads)
 
     def make(hs: list[int]):
         def zero(v, hook):  # [batch, pos, heads, d_head]
