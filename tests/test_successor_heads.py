@@ -459,6 +459,11 @@ def _wins(text: str, answer: str):
     (" 7 and 9 and", " 3", "other"),
     # the pronoun and the article are not acronyms, even after capitalised words
     (" Alice and Ian said that", " I", "other"),
+    # the pronoun " I" and the article " A" are not letters of a sequence on their own
+    (" Yesterday I", " J", "other"),
+    (" Then A", " B", "other"),
+    (" G, H, I,", " J", "incrementing"),
+    (" F, G, H,", " I", "incrementing"),
     (" In Austin there is", " A", "other"),
     (" the Central Processing Unit (", "C", "acronym"),
     (" the central processing unit (", "C", "other"),  # no capitalised word starts with C

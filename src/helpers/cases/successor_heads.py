@@ -980,6 +980,20 @@ def _most_recent(context: Sequence[str], members) -> str | None:
     return None
 
 
+def _predecessor_is_item(context: Sequence[str], words: Sequence[str], last: str) -> bool:
+    """Whether ``last`` (the most recent item of ``words`` in ``context``) is an item of the
+    sequence rather than a word that looks like one: the letters " I" and " A" are also the
+    pronoun and the article, so they count only when the item before them is their own
+    predecessor (" G, H, I" → " J" is incrementing; "Yesterday I" → " J" is not)."""
+    if tuple(words) != TASKS["letters"] or last not in NOT_ACRONYMS:
+        return True
+    i = words.index(last)
+    if i == 0:
+        return False  # " A" has no predecessor to confirm it
+    seen = [c for c in context if c in words]
+    return len(seen) >= 2 and seen[-2] == words[i - 1]
+
+
 def categorise_wins(tokenizer, tokens: torch.Tensor, rows, positions, answers, *,
                     acronym_window: int = 16) -> list[str]:
     """A category for each (row, position, answer) won by the successor head.
@@ -989,7 +1003,9 @@ def categorise_wins(tokenizer, tokens: torch.Tensor, rows, positions, answers, *
 
     * ``"incrementing"``: the answer is a succession item (:data:`TASKS`) and the **most
       recent** earlier item of the same task is its predecessor (" Monday, Tuesday" →
-      " Wednesday"; not " 3 … 7 … 4", where 7 came last);
+      " Wednesday"; not " 3 … 7 … 4", where 7 came last); a predecessor " I" or " A"
+      counts only after its own predecessor (" H, I" → " J"), since alone it is the
+      pronoun or the article;
     * ``"greater-than"``: the answer is a number larger than the most recent earlier
       number, and not its successor (" 1732 to 17" → " 45");
     * ``"acronym"``: the answer is one to three capital letters whose first letter begins
@@ -1008,7 +1024,8 @@ def categorise_wins(tokenizer, tokens: torch.Tensor, rows, positions, answers, *
         for words in TASKS.values():
             if ans in words and words.index(ans) > 0:
                 last = _most_recent(context, words)
-                if last is not None and words.index(last) == words.index(ans) - 1:
+                if (last is not None and words.index(last) == words.index(ans) - 1
+                        and _predecessor_is_item(context, words, last)):
                     category = "incrementing"
                     break
         if category == "other" and ans.isdigit():
