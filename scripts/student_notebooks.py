@@ -179,14 +179,19 @@ def solutions_script(nb, stem: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _with_exercises(notebooks: list[Path]):
+    """``(path, notebook)`` of each chapter with exercises, its metadata naming the chapter."""
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        if exercise_labels(nb):
+            nb.metadata.setdefault("casebook", {})["chapter"] = path.stem
+            yield path, nb
+
+
 def write_teacher_kit(notebooks: list[Path], out: Path) -> list[Path]:
     """Solutions, autograders and a README for the chapters with exercises."""
     written = []
-    for path in notebooks:
-        nb = nbformat.read(path, as_version=4)
-        if not exercise_labels(nb):
-            continue
-        nb.metadata.setdefault("casebook", {})["chapter"] = path.stem
+    for path, nb in _with_exercises(notebooks):
         sol = out / "solutions" / f"{path.stem}.py"
         sol.parent.mkdir(parents=True, exist_ok=True)
         sol.write_text(solutions_script(nb, path.stem), encoding="utf-8")
@@ -225,11 +230,7 @@ def write_student_notebooks(notebooks: list[Path], out: Path) -> list[Path]:
     """Write the student copy of every notebook that has exercises into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in notebooks:
-        nb = nbformat.read(path, as_version=4)
-        if not exercise_labels(nb):
-            continue
-        nb.metadata.setdefault("casebook", {})["chapter"] = path.stem
+    for path, nb in _with_exercises(notebooks):
         target = out / path.name
         nbformat.write(make_student(nb), target)
         written.append(target)

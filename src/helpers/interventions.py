@@ -154,6 +154,15 @@ def _first_layer(hooks: Sequence) -> int:
     return min(layers, default=-1)
 
 
+def _checked_batch(tokens, query, batch_size: int):
+    """``(tokens, query [n] on the CPU, n, seq)``, or a clear error for a batch size < 1."""
+    tokens = as_tokens(tokens)
+    n, seq = tokens.shape
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return tokens, one_position_per_prompt(query, n, seq).cpu(), n, seq
+
+
 @torch.no_grad()
 def layer_edited_logits(model, tokens, query, conditions: Mapping[str, Hooks], *, batch_size: int = 50,
                         reduce: Reduce | None = None) -> dict[str, torch.Tensor]:
@@ -171,11 +180,7 @@ def layer_edited_logits(model, tokens, query, conditions: Mapping[str, Hooks], *
     """
     from ._sweeps import FINAL, _capture
 
-    tokens = as_tokens(tokens)
-    n, seq = tokens.shape
-    query = one_position_per_prompt(query, n, seq).cpu()
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    tokens, query, n, seq = _checked_batch(tokens, query, batch_size)
     dev, n_layers = model.cfg.device, model.cfg.n_layers
     rows: dict[str, list[torch.Tensor]] = {name: [] for name in conditions}
     order: list[torch.Tensor] = []
@@ -245,11 +250,7 @@ def edited_logits(model, tokens, query, conditions: Mapping[str, Hooks], *, batc
     """
     from ._sweeps import FINAL, _capture, _kv_cache
 
-    tokens = as_tokens(tokens)
-    n, seq = tokens.shape
-    query = one_position_per_prompt(query, n, seq).cpu()
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    tokens, query, n, seq = _checked_batch(tokens, query, batch_size)
     dev, n_layers = model.cfg.device, model.cfg.n_layers
     names = [hook_name("resid_pre", 0)] + [hook_name(kind, L) for L in range(n_layers) for kind in ("k", "v")]
     rows: dict[str, list[torch.Tensor]] = {name: [] for name in conditions}

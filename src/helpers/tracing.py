@@ -195,12 +195,13 @@ def causal_trace(
     ``answers``: ``[n]`` token ids.
 
     ``method="fast"`` (default) runs each prompt once clean and once noised (all draws in
-    one batch), then runs every restoration only from the first layer its window touches,
-    and only at positions from the restored one on: the noised run's residual stream at
-    that layer is the input, and earlier positions' keys and values come from the noised
-    run (the bridge's key-value cache path). Restorations that start at the same layer run
-    stacked, ``batch_tokens`` tokens per pass. ``method="plain"`` runs every restoration
-    as a full forward pass (the reference; ``scripts/bench_tracing.py`` compares them).
+    one batch), then runs every restoration only from the first block it changes, and only
+    at positions from the restored one on: the noised run's residual stream there is the
+    input, and earlier positions' keys and values come from the noised run (the bridge's
+    key-value cache path). All restorations at one position share one pass over the
+    blocks, each joining the batch at its first block (at most ``batch_tokens`` tokens a
+    pass). ``method="plain"`` runs every restoration as a full forward pass (the
+    reference; ``scripts/bench_tracing.py`` compares them and prints the work each does).
     Both give the same numbers (tested to 1e-4). If a self-check of the cached path fails
     on this model, the fast method falls back to the plain one for that prompt set.
     """
@@ -332,11 +333,12 @@ def _noised_states(model, toks, add_noise, n_samples):
     return resid, kv
 
 
-def _run_blocks(model, x, start, fwd_hooks, cache=None):
-    """The residual after the last block, running the bridge's blocks ``start …`` on ``x``
-    (the residual entering ``start``); ``cache``: keys and values of earlier positions."""
+def _run_blocks(model, x, start, fwd_hooks, cache=None, stop=None):
+    """The residual after block ``stop − 1`` (default: the last), running the bridge's
+    blocks ``start …`` on ``x`` (the residual entering ``start``); ``cache``: keys and
+    values of earlier positions."""
     with model.hooks(fwd_hooks=list(fwd_hooks)):
-        for block in model.blocks[start:]:
+        for block in model.blocks[start:stop]:
             y = block(x) if cache is None else block(x, past_key_values=cache)
             x = y[0] if isinstance(y, tuple) else y
     return x
@@ -360,9 +362,23 @@ def _fast_path_ok(model, toks, add_noise, n_samples) -> bool:
     return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max())))
 
 
+def _start_layer(kind: str, layer: int, window: int, n_layers: int) -> int:
+    """The first block a restoration changes: ``resid`` restores block ``layer``'s output,
+    so the run resumes at the next block; MLP / attention restore outputs inside the
+    window's first block."""
+    return layer + 1 if kind == "resid" else layer_window(layer, window, n_layers)[0]
+
+
 def _trace_fast(model, toks, a, configs, n_samples, kind, window, acts, add_noise, batch_tokens):
     """``(p(answer) noised, [len(configs)] restored)``: restorations run from the first
-    layer and position they change (see :func:`causal_trace`)."""
+    block and position they change (see :func:`causal_trace`).
+
+    All restorations at one position ``p`` share one pass over the blocks: a restoration
+    joins the batch at its first block (its input there is the noised run's residual at
+    positions ``p …``), so each block runs once on every restoration already live. Keys and
+    values of positions before ``p`` come from the noised run (a key-value cache), so no
+    position before ``p`` is recomputed.
+    """
     from ._sweeps import _kv_cache
 
     n_layers, Li, S = model.cfg.n_layers, toks.shape[1], n_samples
@@ -374,48 +390,65 @@ def _trace_fast(model, toks, a, configs, n_samples, kind, window, acts, add_nois
 
     corrupted = prob(resid[n_layers][:, -1]).mean().cpu()
     name = _TRACE_HOOK[kind]
-    by_start: dict[int, list[int]] = {}
-    for j, (L, _) in enumerate(configs):
-        by_start.setdefault(layer_window(L, window, n_layers)[0], []).append(j)
     values = torch.zeros(len(configs))
-    for lo, idx in sorted(by_start.items()):
-        idx = sorted(idx, key=lambda j: configs[j][1])  # by position: a chunk starts at its first
-        chunks, cur = [], []
-        for j in idx:
-            s = configs[cur[0]][1] if cur else configs[j][1]
-            if cur and (len(cur) + 1) * S * (Li - s) > batch_tokens:
-                chunks.append(cur)
-                cur = []
-            cur.append(j)
-        chunks.append(cur)
-        for chunk in chunks:
-            s = configs[chunk[0]][1]
-            k = len(chunk)
-            x = resid[lo][:, s:].repeat(k, 1, 1)
-            cache = _kv_cache(kv, lo, k, s) if s > 0 else None
-            hooks = []
-            for L in range(lo, n_layers):
-                rows, poss = [], []
-                for c_i, c in enumerate(chunk):
-                    layer, p = configs[c]
-                    if L in layer_window(layer, window, n_layers):
-                        rows += range(c_i * S, (c_i + 1) * S)
-                        poss += [p] * S
-                if not rows:
-                    continue
-                r_t = torch.tensor(rows, device=x.device)
-                p_t = torch.tensor(poss, device=x.device)
-                clean = acts[hook_name(name, L)][0, p_t].to(x.dtype)
+    by_pos: dict[int, list[int]] = {}
+    for j, (_, p) in enumerate(configs):
+        by_pos.setdefault(p, []).append(j)
+    for p, idx in sorted(by_pos.items()):
+        T = Li - p
+        idx = sorted(idx, key=lambda j: _start_layer(kind, configs[j][0], window, n_layers))
+        per_pass = max(1, batch_tokens // (S * T))
+        for c0 in range(0, len(idx), per_pass):
+            chunk = idx[c0 : c0 + per_pass]
+            values[torch.tensor(chunk)] = _progressive_pass(
+                model, kind, window, chunk, configs, p, S, resid, kv, acts, name, prob,
+                _kv_cache)
+    return corrupted, values
 
-                def restore(t, hook, _r=r_t, _p=p_t - s, _c=clean):
+
+def _progressive_pass(model, kind, window, chunk, configs, p, S, resid, kv, acts, name, prob,
+                      _kv_cache):
+    """Mean answer probability of each restoration in ``chunk`` (all at position ``p``,
+    sorted by first block), run in one pass in which each joins at its first block."""
+    n_layers = model.cfg.n_layers
+    starts = [_start_layer(kind, configs[j][0], window, n_layers) for j in chunk]
+    out = torch.zeros(len(chunk))
+    done = [c for c, st in enumerate(starts) if st >= n_layers]  # restores the last output
+    for c in done:  # nothing runs after it: the final residual at p is the clean one
+        out[c] = prob(acts[hook_name(name, n_layers - 1)][0, p][None]).cpu()[0] \
+            if p == resid[0].shape[1] - 1 else prob(resid[n_layers][:, -1]).mean().cpu()
+    live = [c for c, st in enumerate(starts) if st < n_layers]
+    if not live:
+        return out
+    x = None
+    n_live = 0
+    for L in range(starts[live[0]], n_layers):
+        joining = [c for c in live if starts[c] == L]
+        if joining:
+            new = resid[L][:, p:].repeat(len(joining), 1, 1)
+            if kind == "resid":  # the restored state is this block's input at position p
+                new[:, 0] = acts[hook_name(name, L - 1)][0, p].to(new.dtype)
+            x = new if x is None else torch.cat([x, new])
+            n_live += len(joining)
+        hooks = []
+        if kind != "resid":
+            rows = [r for i, c in enumerate(live[:n_live])
+                    if L in layer_window(configs[chunk[c]][0], window, n_layers)
+                    for r in range(i * S, (i + 1) * S)]
+            if rows:
+                r_t = torch.tensor(rows, device=x.device)
+                clean = acts[hook_name(name, L)][0, p].to(x.dtype)
+
+                def restore(t, hook, _r=r_t, _c=clean):
                     t = t.clone()
-                    t[_r, _p] = _c
+                    t[_r, 0] = _c
                     return t
 
                 hooks.append((hook_name(name, L), restore))
-            final = _run_blocks(model, x, lo, hooks, cache)
-            values[torch.tensor(chunk)] = prob(final[:, -1]).reshape(k, S).mean(-1).cpu()
-    return corrupted, values
+        cache = _kv_cache({L: kv[L]}, L, n_live, p) if p > 0 else None
+        x = _run_blocks(model, x, L, hooks, cache, stop=L + 1)
+    out[torch.tensor(live)] = prob(x[:, -1]).reshape(n_live, S).mean(-1).cpu()
+    return out
 
 
 def role_values(result: TraceResult, *, effect: bool = True) -> torch.Tensor:
