@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -281,6 +282,11 @@ def test_mover_analyses_single_out_the_planted_head(ds, mover):
     from helpers.cases.acronyms import attention_and_dla, letter_copy_scores, ov_letter_matrix
 
     df = attention_and_dla(mover, ds.subset(range(8)), ["1.0", "1.1"])
+    # batched over prompts (a full cache of the chapter's 256 prompts holds ~6 GB): the
+    # same rows in the same order whatever the batch size
+    pd.testing.assert_frame_equal(
+        df, attention_and_dla(mover, ds.subset(range(8)), ["1.0", "1.1"], batch_size=3),
+        atol=1e-5)
     means = df.groupby(["letter", "head"]).mean()
     for i in (1, 2, 3):
         assert means.loc[(i, "1.0"), "attention"] > 0.9 and means.loc[(i, "1.0"), "dla"] > 10

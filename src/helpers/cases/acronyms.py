@@ -685,11 +685,13 @@ def add_back_values(model, ds: AcronymDataset, means: torch.Tensor, order, *,
 
 
 @torch.no_grad()
-def attention_and_dla(model, ds: AcronymDataset, heads, letters=(1, 2, 3)):
+def attention_and_dla(model, ds: AcronymDataset, heads, letters=(1, 2, 3), *,
+                      batch_size: int = 32):
     """One row per (prompt, head, letter): the head's attention from Pi to Ci and its direct
     logit attribution to the correct letter at Pi (along W_U[:, letter], after the final
     LayerNorm's scale; :func:`helpers.dla_by_head`). A pandas DataFrame with columns
-    ``letter, head, attention, dla``."""
+    ``letter, head, attention, dla``. Runs ``batch_size`` prompts at a time: a full cache of
+    256 prompts would hold ~6 GB."""
     import pandas as pd
 
     from ..attribution import dla_by_head
@@ -697,20 +699,26 @@ def attention_and_dla(model, ds: AcronymDataset, heads, letters=(1, 2, 3)):
     from ..hooks import hook_name
 
     heads = [parse_head(h) for h in heads]
-    _, cache = model.run_with_cache(ds.tokens.to(model.cfg.device))
-    rows = torch.arange(len(ds))
-    frames = []
     for i in letters:
         _check_letter(i)
-        p, c = PREDICTION_POSITIONS[i], 2 * i
-        direct = dla_by_head(model, cache, ds.letters(i), None, ds.positions[f"P{i}"])
-        for L, h in heads:
-            att = cache[hook_name("pattern", L)][rows, h, p, c].float().cpu()
-            frames.append(pd.DataFrame({
-                "letter": i, "head": head_label(L, h), "attention": att.numpy(),
-                "dla": direct[L, h].float().cpu().numpy(),
-            }))
-    del cache
+    att: dict[tuple, list] = {(i, L, h): [] for i in letters for L, h in heads}
+    dla: dict[tuple, list] = {key: [] for key in att}
+    for start in range(0, len(ds), batch_size):
+        part = ds.subset(range(start, min(start + batch_size, len(ds))))
+        _, cache = model.run_with_cache(part.tokens.to(model.cfg.device))
+        rows = torch.arange(len(part))
+        for i in letters:
+            p, c = PREDICTION_POSITIONS[i], 2 * i
+            direct = dla_by_head(model, cache, part.letters(i), None, part.positions[f"P{i}"])
+            for L, h in heads:
+                pattern = cache[hook_name("pattern", L)]
+                att[i, L, h].append(pattern[rows.to(pattern.device), h, p, c].float().cpu())
+                dla[i, L, h].append(direct[L, h].float().cpu())
+        del cache
+    frames = [pd.DataFrame({"letter": i, "head": head_label(L, h),
+                            "attention": torch.cat(att[i, L, h]).numpy(),
+                            "dla": torch.cat(dla[i, L, h]).numpy()})
+              for i in letters for L, h in heads]
     return pd.concat(frames, ignore_index=True)
 
 
