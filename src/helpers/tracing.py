@@ -373,14 +373,9 @@ def _trace_fast(model, toks, a, configs, n_samples, kind, window, acts, add_nois
     """``(p(answer) noised, [len(configs)] restored)``: restorations run from the first
     block and position they change (see :func:`causal_trace`).
 
-    All restorations at one position ``p`` share one pass over the blocks: a restoration
-    joins the batch at its first block (its input there is the noised run's residual at
-    positions ``p …``), so each block runs once on every restoration already live. Keys and
-    values of positions before ``p`` come from the noised run (a key-value cache), so no
-    position before ``p`` is recomputed.
+    All restorations at one position ``p`` share one pass over the blocks
+    (:func:`_progressive_pass`), so no position before ``p`` is recomputed.
     """
-    from ._sweeps import _kv_cache
-
     n_layers, Li, S = model.cfg.n_layers, toks.shape[1], n_samples
     resid, kv = _noised_states(model, toks, add_noise, S)
 
@@ -389,39 +384,48 @@ def _trace_fast(model, toks, a, configs, n_samples, kind, window, acts, add_nois
         return lg.softmax(-1)[:, a]
 
     corrupted = prob(resid[n_layers][:, -1]).mean().cpu()
-    name = _TRACE_HOOK[kind]
     values = torch.zeros(len(configs))
     by_pos: dict[int, list[int]] = {}
     for j, (_, p) in enumerate(configs):
         by_pos.setdefault(p, []).append(j)
     for p, idx in sorted(by_pos.items()):
-        T = Li - p
         idx = sorted(idx, key=lambda j: _start_layer(kind, configs[j][0], window, n_layers))
-        per_pass = max(1, batch_tokens // (S * T))
+        per_pass = max(1, batch_tokens // (S * (Li - p)))
         for c0 in range(0, len(idx), per_pass):
             chunk = idx[c0 : c0 + per_pass]
             values[torch.tensor(chunk)] = _progressive_pass(
-                model, kind, window, chunk, configs, p, S, resid, kv, acts, name, prob,
-                _kv_cache)
+                model, kind, window, [configs[j][0] for j in chunk], p, resid, kv, acts,
+                prob, corrupted)
     return corrupted, values
 
 
-def _progressive_pass(model, kind, window, chunk, configs, p, S, resid, kv, acts, name, prob,
-                      _kv_cache):
-    """Mean answer probability of each restoration in ``chunk`` (all at position ``p``,
-    sorted by first block), run in one pass in which each joins at its first block."""
-    n_layers = model.cfg.n_layers
-    starts = [_start_layer(kind, configs[j][0], window, n_layers) for j in chunk]
-    out = torch.zeros(len(chunk))
-    done = [c for c, st in enumerate(starts) if st >= n_layers]  # restores the last output
-    for c in done:  # nothing runs after it: the final residual at p is the clean one
-        out[c] = prob(acts[hook_name(name, n_layers - 1)][0, p][None]).cpu()[0] \
-            if p == resid[0].shape[1] - 1 else prob(resid[n_layers][:, -1]).mean().cpu()
+def _progressive_pass(model, kind, window, layers, p, resid, kv, acts, prob, corrupted):
+    """``[len(layers)]``: the mean answer probability (over the noise draws, the rows of
+    ``resid``) of each restoration at position ``p`` of the layers ``layers`` (sorted by
+    first block), all run in one pass over the blocks.
+
+    A restoration joins the batch at the first block it changes, its input there the noised
+    run's residual at positions ``p …`` (for ``resid``, with the restored state at ``p``);
+    each block then runs once on every restoration already live, earlier positions' keys
+    and values read from the noised run (``kv``). A hidden state restored after the last
+    block changes nothing after it: the answer's probability is the clean one if ``p`` is
+    the last position, the corrupted one otherwise.
+    """
+    from ._sweeps import _kv_cache
+
+    n_layers, S, last = model.cfg.n_layers, resid[0].shape[0], resid[0].shape[1] - 1
+    name = _TRACE_HOOK[kind]
+    starts = [_start_layer(kind, L, window, n_layers) for L in layers]
+    out = torch.full((len(layers),), float(corrupted))
+    if p == last:
+        clean_final = acts[hook_name(name, n_layers - 1)][0, p][None]
+        for c, st in enumerate(starts):
+            if st >= n_layers:
+                out[c] = prob(clean_final).cpu()[0]
     live = [c for c, st in enumerate(starts) if st < n_layers]
     if not live:
         return out
     x = None
-    n_live = 0
     for L in range(starts[live[0]], n_layers):
         joining = [c for c in live if starts[c] == L]
         if joining:
@@ -429,11 +433,11 @@ def _progressive_pass(model, kind, window, chunk, configs, p, S, resid, kv, acts
             if kind == "resid":  # the restored state is this block's input at position p
                 new[:, 0] = acts[hook_name(name, L - 1)][0, p].to(new.dtype)
             x = new if x is None else torch.cat([x, new])
-            n_live += len(joining)
+        n_live = x.shape[0] // S
         hooks = []
         if kind != "resid":
             rows = [r for i, c in enumerate(live[:n_live])
-                    if L in layer_window(configs[chunk[c]][0], window, n_layers)
+                    if L in layer_window(layers[c], window, n_layers)
                     for r in range(i * S, (i + 1) * S)]
             if rows:
                 r_t = torch.tensor(rows, device=x.device)
@@ -447,7 +451,7 @@ def _progressive_pass(model, kind, window, chunk, configs, p, S, resid, kv, acts
                 hooks.append((hook_name(name, L), restore))
         cache = _kv_cache({L: kv[L]}, L, n_live, p) if p > 0 else None
         x = _run_blocks(model, x, L, hooks, cache, stop=L + 1)
-    out[torch.tensor(live)] = prob(x[:, -1]).reshape(n_live, S).mean(-1).cpu()
+    out[torch.tensor(live)] = prob(x[:, -1]).reshape(-1, S).mean(-1).cpu()
     return out
 
 
